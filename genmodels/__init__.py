@@ -1,0 +1,35 @@
+"""genmodels: generative model families in pure PyTorch, behind one small protocol.
+
+>>> import genmodels
+>>> model = genmodels.build("made", input_shape=(1, 28, 28), hidden_sizes=(500,))
+>>> x = model.sample(4)                      # (4, 1, 28, 28) in {0, 1}
+>>> model.log_prob(x)                        # (4,) nats, exact
+"""
+
+from . import made, vae  # noqa: F401  (importing a family module registers it)
+from .base import (
+    BaseConfig,
+    GenerativeModel,
+    NoLikelihoodError,
+    ScoreResult,
+    SearchSpec,
+    build,
+    families,
+    family_class,
+    from_export,
+    make_config,
+)
+
+__all__ = [
+    "BaseConfig",
+    "GenerativeModel",
+    "NoLikelihoodError",
+    "ScoreResult",
+    "SearchSpec",
+    "build",
+    "families",
+    "family_class",
+    "from_export",
+    "make_config",
+]
+__version__ = "0.1.0"

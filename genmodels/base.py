@@ -1,0 +1,258 @@
+"""The model protocol every family implements, and the registry of families.
+
+A family is one ``GenerativeModel`` subclass with a frozen dataclass config. It declares, as class
+attributes, everything the pipelines need to treat it generically:
+
+* ``family``: its registered name;
+* ``likelihood``: ``"exact" | "bound" | "estimate" | "none"``, what ``log_prob`` returns;
+* ``data_kinds``: the data spaces it can model (``"binary"`` = {0, 1}; ``"discrete"`` = 0..L-1);
+* ``Config``: the frozen dataclass of its hyper-parameters (defaults = the default config);
+* ``search_space``: its Tune search space in a Ray-free notation (see ``SearchSpec``);
+* ``phases``: the training phases, stepped in order, one optimiser each (see ``configure_optimizers``);
+* ``capabilities``: what beyond ``sample`` it offers (``"log_prob"``, ``"embed"``, ``"impute"``...);
+* ``sample_limit``: the most samples one request may ask for (sequential samplers are slow).
+
+Conventions: inputs and samples are tensors ``(B, *input_shape)`` in the data space, float dtype,
+values in {0, 1} (binary) or 0..L-1 (discrete). ``log_prob`` is in nats per example.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+Likelihood = Literal["exact", "bound", "estimate", "none"]
+DataKind = Literal["binary", "discrete"]
+
+_FAMILIES: dict[str, type[GenerativeModel]] = {}
+
+
+class NoLikelihoodError(NotImplementedError):
+    """Raised by ``log_prob`` / ``score`` of a family that has no tractable likelihood."""
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """The result of ``GenerativeModel.score``.
+
+    Attributes:
+        log_prob: ``(B,)`` log-likelihood in nats per example (exact, a bound or an estimate).
+        method: how it was computed, e.g. ``"exact"`` or ``"iwae-k=100"``.
+        stderr: ``(B,)`` standard error of an estimate, or ``None`` for an exact value.
+    """
+
+    log_prob: Tensor
+    method: str
+    stderr: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """One hyper-parameter's search distribution, free of any tuning library.
+
+    ``kind`` is ``"choice"`` (``values``), ``"uniform"``, ``"loguniform"`` (``low``, ``high``) or
+    ``"randint"`` (``low`` inclusive, ``high`` exclusive). ``pipelines.tune`` maps it to Ray Tune.
+    """
+
+    kind: Literal["choice", "uniform", "loguniform", "randint"]
+    values: tuple[Any, ...] = ()
+    low: float = 0.0
+    high: float = 1.0
+
+
+@dataclass(frozen=True)
+class BaseConfig:
+    """Hyper-parameters every family has; a family's ``Config`` extends this dataclass."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+
+
+class GenerativeModel(nn.Module):
+    """Base class of every family. Subclasses set the class attributes and override the methods."""
+
+    family: ClassVar[str]
+    likelihood: ClassVar[Likelihood]
+    data_kinds: ClassVar[tuple[DataKind, ...]] = ("binary",)
+    Config: ClassVar[type[BaseConfig]] = BaseConfig
+    search_space: ClassVar[Mapping[str, SearchSpec]] = {}
+    phases: ClassVar[tuple[str, ...]] = ("main",)
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    sample_limit: ClassVar[int] = 256
+
+    def __init__(self, input_shape: tuple[int, ...], levels: int, config: BaseConfig) -> None:
+        super().__init__()
+        input_shape = tuple(int(s) for s in input_shape)
+        if len(input_shape) not in (1, 3) or any(s <= 0 for s in input_shape):
+            raise ValueError(
+                f"{self.family}: input_shape must be (D,) or (C, H, W) with positive sizes, "
+                f"got {input_shape}"
+            )
+        kind: DataKind = "binary" if levels == 2 else "discrete"
+        if levels < 2 or kind not in self.data_kinds:
+            raise ValueError(
+                f"{self.family} models {'/'.join(self.data_kinds)} data; got levels={levels}"
+            )
+        self.input_shape = input_shape
+        self.levels = int(levels)
+        self.config = config
+
+    # ----------------------------------------------------------------------------------- shapes
+    @property
+    def num_dims(self) -> int:
+        """D, the number of data dimensions (for bits/dim)."""
+        return math.prod(self.input_shape)
+
+    def check_input(self, x: Tensor) -> Tensor:
+        """Validate ``x`` against the input shape and data space; return it as float."""
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(
+                f"expected a batch of shape (B, {self.input_shape}), got {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            x = x.float()
+        if not torch.isfinite(x).all():
+            raise ValueError("input contains NaN or infinite values")
+        if ((x < 0) | (x > self.levels - 1) | (x != x.round())).any():
+            raise ValueError(f"input values must be integers in 0..{self.levels - 1}")
+        return x
+
+    # --------------------------------------------------------------------------------- training
+    def forward(self, batch: Mapping[str, Tensor], phase: str = "main") -> dict[str, Tensor]:
+        """Loss and metrics of one training phase: ``{"loss": scalar, **metrics}``."""
+        raise NotImplementedError
+
+    def phase_parameters(self, phase: str) -> Iterator[nn.Parameter]:
+        """The parameters the optimiser of ``phase`` steps (all of them for one-phase families)."""
+        return self.parameters()
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """One optimiser per phase, built from the config's ``lr`` and ``weight_decay``."""
+        cfg = self.config
+        return {
+            p: torch.optim.Adam(self.phase_parameters(p), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            for p in self.phases
+        }
+
+    # ------------------------------------------------------------------------------- inference
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Draw ``n`` samples ``(n, *input_shape)`` in the data space."""
+        raise NotImplementedError
+
+    def log_prob(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``(B,)`` log-likelihood in nats: exact, a bound or an estimate (see ``likelihood``)."""
+        raise NoLikelihoodError(f"{self.family} has no tractable likelihood")
+
+    def score(self, x: Tensor, generator: torch.Generator | None = None) -> ScoreResult:
+        """``log_prob`` with the method used and, for estimates, its standard error."""
+        return ScoreResult(self.log_prob(x, generator), method="exact", stderr=None)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """A latent code ``(B, K)`` for ``x``, where the family has one."""
+        raise NotImplementedError(f"{self.family} has no latent code")
+
+    # --------------------------------------------------------------------------------- helpers
+    def export_config(self) -> dict[str, Any]:
+        """Everything ``build`` needs to re-create this model (JSON-serialisable)."""
+        return {
+            "family": self.family,
+            "input_shape": list(self.input_shape),
+            "levels": self.levels,
+            "config": dataclasses.asdict(self.config),
+        }
+
+
+def register(cls: type[GenerativeModel]) -> type[GenerativeModel]:
+    """Class decorator: add a family to the registry under ``cls.family``."""
+    if cls.family in _FAMILIES:
+        raise ValueError(f"family {cls.family!r} is registered twice")
+    _FAMILIES[cls.family] = cls
+    return cls
+
+
+def families() -> list[str]:
+    """The names of every registered family, sorted."""
+    return sorted(_FAMILIES)
+
+
+def family_class(name: str) -> type[GenerativeModel]:
+    """The class of a registered family; ``KeyError`` names the known ones."""
+    try:
+        return _FAMILIES[name]
+    except KeyError:
+        raise KeyError(f"unknown family {name!r}; known: {', '.join(families())}") from None
+
+
+def make_config(name: str, overrides: Mapping[str, Any] | None = None) -> BaseConfig:
+    """The family's config with ``overrides``; an unknown key or a mistyped value is an error."""
+    cls = family_class(name).Config
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in (overrides or {}).items():
+        if key not in fields:
+            raise ValueError(
+                f"{name}: unknown config key {key!r}; known: {', '.join(sorted(fields))}"
+            )
+        kwargs[key] = _coerce(name, key, value, fields[key].default)
+    return cls(**kwargs)
+
+
+def _coerce(family: str, key: str, value: Any, default: Any) -> Any:
+    """Coerce ``value`` to the type of the field's default (lists → tuples); errors name the key."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+            return value.lower() in ("true", "1")
+    elif isinstance(default, tuple):
+        if isinstance(value, list | tuple) and all(isinstance(v, int) and v > 0 for v in value):
+            return tuple(value)
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif isinstance(default, float):
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    raise ValueError(
+        f"{family}: bad value {value!r} for {key!r} (expected {type(default).__name__}"
+        f"{' of positive ints' if isinstance(default, tuple) else ''})"
+    )
+
+
+def build(
+    name: str, input_shape: tuple[int, ...], levels: int = 2, **config: Any
+) -> GenerativeModel:
+    """Build a family by name.
+
+    Args:
+        name: a registered family (see ``families()``).
+        input_shape: ``(D,)`` or ``(C, H, W)``.
+        levels: the number of values each dimension takes (2 = binary).
+        **config: overrides of the family's default config; unknown keys raise ``ValueError``.
+    """
+    cls = family_class(name)
+    return cls(tuple(input_shape), levels, make_config(name, config))
+
+
+def from_export(exported: Mapping[str, Any]) -> GenerativeModel:
+    """Re-create a model (untrained) from ``GenerativeModel.export_config()``."""
+    return build(
+        exported["family"], tuple(exported["input_shape"]), exported["levels"], **exported["config"]
+    )
+
+
+def log_mean_exp(x: Tensor, dim: int) -> Tensor:
+    """log(mean(exp(x))) along ``dim``, computed stably."""
+    return torch.logsumexp(x, dim=dim) - math.log(x.shape[dim])
