@@ -234,12 +234,18 @@ def load_version(
     import mlflow
 
     mv = resolve_version(tracking_uri, name, ref)
+    # download_artifacts resolves "models:/" through the process-wide registry URI, whatever
+    # tracking_uri says: point it at this registry for the call, then put it back.
+    previous = mlflow.get_registry_uri()
     try:
+        mlflow.set_registry_uri(tracking_uri)
         root = mlflow.artifacts.download_artifacts(
             artifact_uri=f"models:/{name}/{mv.version}", tracking_uri=tracking_uri
         )
     except Exception as e:
         raise RegistryError(f"could not download {name} v{mv.version}: {e}") from e
+    finally:
+        mlflow.set_registry_uri(previous)
     root_path = Path(root)
     weights = next(root_path.rglob("weights.safetensors"))
     spec = next(root_path.rglob("model.json"))

@@ -16,7 +16,7 @@ def ray_session():
     """A local Ray with 2 CPUs and the dashboard on (Tune's trial clean-up needs it)."""
     import ray
 
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     started = False
     if not ray.is_initialized():
         ray.init(

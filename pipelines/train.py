@@ -1,0 +1,480 @@
+"""Train any family with Ray Train (V2 API): N CPU or GPU workers, data streamed from Ray Data.
+
+The driver (``run_training``) loads the dataset, opens an MLflow run, fits a ``TorchTrainer``
+and registers the best model. Each worker runs ``train_loop``:
+
+* the model is built identically on every rank (same seed), wrapped in DDP
+  (``ray.train.torch.prepare_model``), and every phase the family declares is stepped in order
+  with its own optimiser (``model(batch, phase=p)["loss"]``);
+* every epoch: the validation log-likelihood (all-reduced over ranks), early stopping on it
+  with ``patience``, the best weights kept, and a checkpoint holding the model, the optimisers,
+  the epoch, the early-stopping state and, per rank, the RNG state (``rank<r>.pt``; Ray merges
+  every rank's files into one checkpoint directory). After a worker failure Ray restarts the
+  group (``FailureConfig``) and the loop resumes at the next epoch from the latest checkpoint;
+* at the end: the test split scored once with the best weights (nats/example and bits/dim),
+  and rank 0 logs a time-capped sample grid and the learning curve (PNGs) to MLflow.
+
+CPU rule on small machines: Ray Data needs some CPU to stream while workers compute, so each
+worker reserves ``(cluster CPUs - 0.5) / workers`` CPUs (fractional) and runs
+``max(1, floor(that))`` torch threads; pass ``cpus_per_worker`` / ``torch_threads`` to override.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import genmodels
+
+from . import registry
+from .evaluate import accumulate_scores, summarise
+
+LN2 = math.log(2.0)
+
+
+@dataclass
+class TrainSpec:
+    """Everything a training run needs; the CLI fills it from defaults, a file and --set."""
+
+    family: str
+    dataset: str = "mnist"
+    binarize: str = "fixed"
+    model: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 20
+    batch_size: int = 100
+    patience: int = 5
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float | None = None
+    torch_threads: int | None = None
+    seed: int = 0
+    limit: int | None = None
+    max_steps_per_epoch: int | None = None
+    tracking_uri: str | None = None
+    experiment: str = "genmodels"
+    storage_path: str = "outputs/ray_results"
+    output_dir: str = "outputs"
+    run_name: str | None = None
+    max_failures: int = 1
+    grid_samples: int = 64
+    grid_time_s: float = 30.0
+    register: bool = True
+    registered_name: str | None = None
+    sync_gradients: bool = True
+    fail_at_epoch: int | None = None  # test hook: the last rank SIGKILLs itself once, mid-epoch
+    fail_marker: str | None = None
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field."""
+        genmodels.make_config(self.family, self.model)  # unknown family/keys → clear errors
+        checks = {
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "patience": self.patience >= 1,
+            "num_workers": self.num_workers >= 1,
+            "binarize": self.binarize in ("fixed", "dynamic", "none"),
+            "max_failures": self.max_failures >= 0,
+            "grid_samples": self.grid_samples >= 0,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise ValueError(f"bad value {getattr(self, key)!r} for {key!r}")
+
+
+@dataclass
+class TrainOutcome:
+    run_id: str
+    metrics: dict[str, Any]
+    checkpoint_path: str
+    registered: registry.Registered | None
+    grid_path: str | None
+    curve_path: str | None
+
+
+def plan_resources(spec: TrainSpec, cluster_cpus: float) -> tuple[float, int]:
+    """CPUs per worker (fractional, leaving 0.5 CPU to Ray Data) and torch threads per worker."""
+    cpus = spec.cpus_per_worker
+    if cpus is None:
+        cpus = max(0.1, (cluster_cpus - 0.5) / spec.num_workers)
+        if spec.use_gpu:
+            cpus = min(cpus, 4.0)
+    threads = spec.torch_threads or max(1, math.floor(cpus))
+    return round(cpus, 3), threads
+
+
+# --------------------------------------------------------------------------- worker side
+def _all_reduce(values: list[float], device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def _score_split(module, shard, spec: TrainSpec, device, seed: int) -> dict[str, Any]:
+    """Score this rank's shard, all-reduce the sums over ranks → means (see ``evaluate``)."""
+    module.eval()
+    batches = (b["x"] for b in shard.iter_torch_batches(batch_size=spec.batch_size, device=device))
+    total, var, count, method = accumulate_scores(
+        module, batches, torch.Generator().manual_seed(seed)
+    )
+    total, var, count = _all_reduce([total, var, count], device)
+    module.train()
+    return summarise(total, var, count, method, module.num_dims)
+
+
+def _params_digest(module) -> str:
+    h = hashlib.sha256()
+    for p in module.parameters():
+        h.update(p.detach().cpu().double().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _sample_grid(module, spec: TrainSpec, path: Path) -> Path | None:
+    """Up to ``grid_samples`` samples, drawn in chunks until ``grid_time_s`` runs out."""
+    if spec.grid_samples <= 0:
+        return None
+    module.eval()
+    g = torch.Generator().manual_seed(spec.seed)
+    chunks, drawn, start = [], 0, time.monotonic()
+    with torch.no_grad():
+        while drawn < spec.grid_samples and time.monotonic() - start < spec.grid_time_s:
+            n = min(16, spec.grid_samples - drawn)
+            chunks.append(module.sample(n, generator=g).cpu().numpy())
+            drawn += n
+    from .images import save_grid
+
+    return save_grid(np.concatenate(chunks), module.input_shape, module.levels, path)
+
+
+def train_loop(cfg: dict[str, Any]) -> None:
+    """The per-worker training function (``TorchTrainer(train_loop_per_worker=...)``)."""
+    import ray.train
+    import ray.train.torch
+
+    spec = TrainSpec(**cfg["spec"])
+    ds_info = cfg["dataset"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(cfg["torch_threads"])
+    device = ray.train.torch.get_device()
+
+    torch.manual_seed(spec.seed)  # identical initialisation on every rank
+    model = genmodels.build(
+        spec.family, tuple(ds_info["input_shape"]), ds_info["levels"], **spec.model
+    )
+    ddp = ray.train.torch.prepare_model(
+        model,
+        parallel_strategy="ddp" if spec.sync_gradients else None,
+        parallel_strategy_kwargs={"find_unused_parameters": len(model.phases) > 1},
+    )
+    module: genmodels.GenerativeModel = ddp.module if hasattr(ddp, "module") else ddp
+    optimizers = module.configure_optimizers()
+    torch.manual_seed(spec.seed * 1000 + rank + 1)  # per-rank training randomness
+    data_gen = torch.Generator().manual_seed(spec.seed * 1000 + rank + 7)
+
+    state = {"epoch": 0, "best_val": -math.inf, "best_epoch": -1, "bad_epochs": 0}
+    state.update(steps=0, stopped=False, history=[], resumes=[])
+    best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:  # resume after a failure (or an explicit restore)
+        with checkpoint.as_directory() as d:
+            saved = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+            module.load_state_dict(saved["model"])
+            best_state = saved["best_model"]
+            for phase, opt in optimizers.items():
+                opt.load_state_dict(saved["optimizers"][phase])
+            state.update(json.loads(saved["state_json"]))
+            rank_file = Path(d) / f"rank{rank}.pt"
+            if rank_file.exists():
+                mine = torch.load(rank_file, map_location="cpu", weights_only=True)
+                torch.set_rng_state(mine["torch_rng"])
+                data_gen.set_state(mine["data_rng"])
+        adam_steps = [
+            int(s["step"]) for o in optimizers.values() for s in o.state_dict()["state"].values()
+        ]
+        state["resumes"].append(
+            {
+                "epoch": state["epoch"],
+                "steps": state["steps"],
+                "opt_step": max(adam_steps, default=0),
+            }
+        )
+        if rank == 0:
+            print(f"[genmodels] resumed at epoch {state['epoch']} (step {state['steps']})")
+
+    mlflow_client = None
+    if rank == 0 and cfg.get("run_id"):
+        mlflow_client = registry.client(cfg["tracking_uri"])
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("validation")
+    while state["epoch"] < spec.epochs and not state["stopped"]:
+        epoch, t0 = state["epoch"], time.monotonic()
+        module.train()
+        losses, seen = [], 0
+        for step, batch in enumerate(
+            train_shard.iter_torch_batches(
+                batch_size=spec.batch_size,
+                device=device,
+                local_shuffle_buffer_size=max(4 * spec.batch_size, 1000),
+                local_shuffle_seed=spec.seed * 1000 + epoch * 17 + rank,
+            )
+        ):
+            if spec.max_steps_per_epoch is not None and step >= spec.max_steps_per_epoch:
+                break
+            x = batch["x"]
+            if ds_info["train_is_probabilities"]:  # dynamic binarisation: a fresh draw
+                x = torch.bernoulli(x.cpu(), generator=data_gen).to(device)
+            batch = {**batch, "x": x}
+            for phase in module.phases:
+                opt = optimizers[phase]
+                opt.zero_grad(set_to_none=True)
+                out = ddp(batch, phase=phase)
+                out["loss"].backward()
+                opt.step()
+            losses.append(out["loss"].item())
+            seen += len(x)
+            state["steps"] += 1
+            if spec.fail_at_epoch == epoch and rank == world - 1 and spec.fail_marker:
+                _die_once(Path(spec.fail_marker), epoch)
+        train_time = time.monotonic() - t0
+        val = _score_split(module, val_shard, spec, device, seed=spec.seed + 12345)
+        improved = val["log_prob"] > state["best_val"]
+        if improved:
+            state.update(best_val=val["log_prob"], best_epoch=epoch, bad_epochs=0)
+            best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+        else:
+            state["bad_epochs"] += 1
+        train_loss = _all_reduce([float(np.mean(losses)) if losses else float("nan")], device)[0]
+        metrics = {
+            "epoch": epoch,
+            "train_loss": train_loss / world,
+            "val_log_prob": val["log_prob"],
+            "val_bpd": val["bpd"],
+            "best_val_log_prob": state["best_val"],
+            "steps": state["steps"],
+            "train_examples": seen,
+            "train_time_s": train_time,
+            "epoch_time_s": time.monotonic() - t0,
+        }
+        state["history"].append({k: metrics[k] for k in ("epoch", "train_loss", "val_log_prob")})
+        state["epoch"] = epoch + 1
+        state["stopped"] = state["bad_epochs"] >= spec.patience
+        _report_with_checkpoint(module, optimizers, best_state, state, metrics, rank, data_gen)
+        if rank == 0:
+            print(
+                f"[genmodels] epoch {epoch + 1}/{spec.epochs} loss {metrics['train_loss']:.3f} "
+                f"val log p {val['log_prob']:.3f} nats ({val['bpd']:.4f} bits/dim) "
+                f"{metrics['epoch_time_s']:.1f}s{' *' if improved else ''}",
+                flush=True,
+            )
+            if mlflow_client is not None:
+                for key, value in metrics.items():
+                    mlflow_client.log_metric(cfg["run_id"], key, float(value), step=epoch)
+
+    # The test split, once, with the best weights.
+    module.load_state_dict(best_state)
+    test = _score_split(module, ray.train.get_dataset_shard("test"), spec, device, spec.seed + 999)
+    final = {
+        "epoch": state["epoch"] - 1,
+        "best_epoch": state["best_epoch"],
+        "best_val_log_prob": state["best_val"],
+        "val_log_prob": state["best_val"],
+        "test_log_prob": test["log_prob"],
+        "test_bpd": test["bpd"],
+        "test_stderr": test["stderr"],
+        "test_count": test["count"],
+        "method": test["method"],
+        "steps": state["steps"],
+        "stopped_early": state["stopped"],
+        "resumes": json.dumps(state["resumes"]),
+    }
+    if rank == 0 and mlflow_client is not None:
+        _log_pictures(module, spec, state, mlflow_client, cfg["run_id"])
+    # A checkpoint rides along so ``Result.metrics`` (the latest checkpointed report) is this one.
+    _report_with_checkpoint(module, optimizers, best_state, state, final, rank, data_gen)
+
+
+def _die_once(marker: Path, epoch: int) -> None:
+    """Test hook: SIGKILL this worker mid-epoch, once (the marker file remembers)."""
+    if not marker.exists():
+        marker.write_text(str(epoch))
+        time.sleep(2.0)  # let the controller register the previous epoch's checkpoint
+        os.kill(os.getpid(), signal.SIGKILL)  # a real worker death, not an exception
+
+
+def _report_with_checkpoint(module, optimizers, best_state, state, metrics, rank, data_gen):
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if rank == 0:
+            torch.save(
+                {
+                    "model": module.state_dict(),
+                    "best_model": best_state,
+                    "optimizers": {p: o.state_dict() for p, o in optimizers.items()},
+                    "state_json": json.dumps(state),
+                },
+                Path(tmp) / "state.pt",
+            )
+            (Path(tmp) / "model.json").write_text(json.dumps(module.export_config()))
+        torch.save(
+            {
+                "torch_rng": torch.get_rng_state(),
+                "data_rng": data_gen.get_state(),
+                "params_sha256": _params_digest(module),
+            },
+            Path(tmp) / f"rank{rank}.pt",
+        )
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _log_pictures(module, spec: TrainSpec, state, mlflow_client, run_id: str) -> None:
+    from .images import save_curves
+
+    with tempfile.TemporaryDirectory() as tmp:
+        grid = _sample_grid(module, spec, Path(tmp) / "samples.png")
+        if grid is not None:
+            mlflow_client.log_artifact(run_id, str(grid))
+        hist = state["history"]
+        curve = save_curves(
+            {
+                "train -loss": [-h["train_loss"] for h in hist],
+                "val log p": [h["val_log_prob"] for h in hist],
+            },
+            Path(tmp) / "learning_curve.png",
+            title=f"{spec.family} on {spec.dataset} (nats)",
+        )
+        mlflow_client.log_artifact(run_id, str(curve))
+
+
+# --------------------------------------------------------------------------- driver side
+def build_trainer(spec: TrainSpec, data, run_id: str | None, tracking_uri: str | None, **run_kw):
+    """The ``TorchTrainer`` for ``spec`` over the loaded dataset ``data``."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    cpus, threads = plan_resources(spec, ray.cluster_resources().get("CPU", 1.0))
+    resources = {"CPU": cpus, **({"GPU": 1} if spec.use_gpu else {})}
+    config = {
+        "spec": dataclasses.asdict(spec),
+        "dataset": {
+            "input_shape": list(data.input_shape),
+            "levels": data.levels,
+            "train_is_probabilities": bool(data.train_is_probabilities),
+        },
+        "torch_threads": threads,
+        "run_id": run_id,
+        "tracking_uri": tracking_uri,
+    }
+    run_config = RunConfig(
+        name=run_kw.pop("name", spec.run_name),
+        storage_path=str(Path(spec.storage_path).expanduser().resolve()),
+        failure_config=FailureConfig(max_failures=spec.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=2),
+        **run_kw,
+    )
+    return TorchTrainer(
+        train_loop,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=spec.num_workers, use_gpu=spec.use_gpu, resources_per_worker=resources
+        ),
+        run_config=run_config,
+        datasets=dict(data.splits),
+    )
+
+
+def run_training(spec: TrainSpec) -> TrainOutcome:
+    """Train, log to MLflow, register: the whole driver path of ``genmodels train``."""
+    from .data import load_dataset
+
+    spec.validate()
+    tracking_uri = registry.resolve_tracking_uri(spec.tracking_uri)
+    spec = dataclasses.replace(spec, tracking_uri=tracking_uri)
+    data = load_dataset(spec.dataset, binarize=spec.binarize, seed=spec.seed, limit=spec.limit)
+    exp_id = registry.ensure_experiment(tracking_uri, spec.experiment)
+    client = registry.client(tracking_uri)
+    name = spec.run_name or f"{spec.family}-{data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = client.create_run(exp_id, run_name=name, tags={"family": spec.family})
+    run_id = run.info.run_id
+    params = {
+        f"model.{k}": v for k, v in genmodels.make_config(spec.family, spec.model).__dict__.items()
+    }
+    params.update({k: v for k, v in dataclasses.asdict(spec).items() if k not in ("model",)})
+    for key, value in params.items():
+        client.log_param(run_id, key, str(value)[:500])
+    client.set_tag(run_id, "dataset_fingerprint", data.fingerprint)
+    client.set_tag(run_id, "preprocessing", json.dumps(data.preprocessing, sort_keys=True))
+    try:
+        trainer = build_trainer(spec, data, run_id, tracking_uri, name=name)
+        result = trainer.fit()
+    except Exception:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    metrics = dict(result.metrics)
+    client.log_metric(run_id, "test_log_prob", float(metrics["test_log_prob"]))
+    client.log_metric(run_id, "test_bpd", float(metrics["test_bpd"]))
+    client.log_metric(run_id, "test_stderr", float(metrics["test_stderr"]))
+    client.set_tag(run_id, "method", metrics["method"])
+
+    model, ckpt_path = load_best_from_checkpoint(result.checkpoint)
+    registered = None
+    if spec.register:
+        meta = {
+            "dataset": data.name,
+            "fingerprint": data.fingerprint,
+            "preprocessing": data.preprocessing,
+            "method": metrics["method"],
+        }
+        keep = ("val_log_prob", "test_log_prob", "test_bpd", "test_stderr", "best_epoch")
+        registered = registry.register_model(
+            tracking_uri,
+            run_id,
+            model,
+            meta,
+            {k: metrics[k] for k in keep},
+            name=spec.registered_name,
+        )
+    client.set_terminated(run_id, status="FINISHED")
+    grid, curve = _fetch_pictures(run_id, tracking_uri, Path(spec.output_dir) / name)
+    return TrainOutcome(run_id, metrics, ckpt_path, registered, grid, curve)
+
+
+def load_best_from_checkpoint(checkpoint) -> tuple[genmodels.GenerativeModel, str]:
+    """The best weights stored in a training checkpoint, as an eval-mode model."""
+    with checkpoint.as_directory() as d:
+        saved = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+        model = genmodels.from_export(json.loads((Path(d) / "model.json").read_text()))
+    model.load_state_dict(saved["best_model"])
+    return model.eval(), checkpoint.path
+
+
+def _fetch_pictures(run_id: str, tracking_uri: str, out: Path) -> tuple[str | None, str | None]:
+    import mlflow
+
+    paths = []
+    for name in ("samples.png", "learning_curve.png"):
+        try:
+            paths.append(
+                mlflow.artifacts.download_artifacts(
+                    run_id=run_id, artifact_path=name, dst_path=str(out), tracking_uri=tracking_uri
+                )
+            )
+        except Exception:
+            paths.append(None)
+    return paths[0], paths[1]

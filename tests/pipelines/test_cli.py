@@ -1,0 +1,86 @@
+"""The CLI: config precedence, and bad input exits 2 with a message naming the bad value."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.cli import CLIError, build_spec, main, make_parser
+
+
+def spec_of(argv):
+    return build_spec(make_parser().parse_args(["train", *argv]))
+
+
+def test_defaults_file_then_set(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: 7\nbatch_size: 32\nmodel:\n  hidden_sizes: [64]\n  num_masks: 2\n")
+    spec = spec_of(
+        [
+            "--family",
+            "made",
+            "--config",
+            str(cfg),
+            "--set",
+            "epochs=3",
+            "--set",
+            "model.num_masks=4",
+        ]
+    )
+    assert (spec.epochs, spec.batch_size) == (3, 32)  # --set wins over the file
+    assert spec.model == {"hidden_sizes": [64], "num_masks": 4}
+    assert spec.dataset == "mnist"  # the default
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--family", "made", "--set", "epoch=3"], "unknown setting 'epoch'"),
+        (["--family", "made", "--set", "model.hiden=3"], "unknown config key 'hiden'"),
+        (["--family", "made", "--set", "epochs=many"], "bad value 'many' for 'epochs'"),
+        (["--family", "made", "--set", "epochs=0"], "bad value 0 for 'epochs'"),
+        (
+            ["--family", "made", "--set", "binarize=sometimes"],
+            "bad value 'sometimes' for 'binarize'",
+        ),
+        (["--family", "made", "--set", "model.num_masks=x"], "bad value 'x' for 'num_masks'"),
+        (["--family", "made", "--set", "novalue"], "expected KEY=VALUE"),
+        (["--family", "gan9"], "unknown family 'gan9'"),
+        (["--family", "made", "--config", "/nonexistent.yaml"], "no such file"),
+        ([], "--family is required"),
+    ],
+)
+def test_bad_settings_are_named(argv, message):
+    with pytest.raises(CLIError, match=message):
+        spec_of(argv)
+
+
+def test_main_exits_2_with_one_line(capsys):
+    assert main(["train", "--family", "made", "--set", "epochs=many"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("genmodels train: error: bad value 'many' for 'epochs'")
+    assert "Traceback" not in err
+
+
+def test_families_lists_every_family(capsys):
+    import genmodels
+
+    assert main(["families"]) == 0
+    out = capsys.readouterr().out
+    for name in genmodels.families():
+        assert name in out
+
+
+def test_unknown_dataset_is_a_clear_error(capsys, tmp_path):
+    code = main(
+        [
+            "train",
+            "--family",
+            "made",
+            "--dataset",
+            "nosuchdata",
+            "--tracking-uri",
+            f"sqlite:///{tmp_path}/m.db",
+        ]
+    )
+    assert code == 2
+    assert "nosuchdata" in capsys.readouterr().err
