@@ -1,0 +1,496 @@
+"""Ray Serve application: list, sample and score registered models over HTTP (JSON in and out).
+
+One deployment, ``GenModelsServer``, with a FastAPI ingress::
+
+    GET  /healthz                        {"status": "ok"}
+    GET  /v1/models                      registered models, their aliases and aliased versions
+    POST /v1/models/{name}/sample        {"n", "seed"?, "alias"="champion" | "version"?}
+    POST /v1/models/{name}/score         {"x", "seed"?, "alias" | "version"?}  (log p(x) in nats)
+
+Design:
+
+* A request names a model (``<family>-<dataset>``) and an alias or version. The alias is resolved
+  to a version through the registry (cached ``alias_ttl_s`` seconds, so a moved alias is seen
+  within that time), then the model is loaded through ``@serve.multiplexed`` keyed by
+  ``"name@version"``: versions are immutable, so the LRU cache of ``max_models`` models per replica
+  is never stale. With several replicas a client may send the header
+  ``serve_multiplexed_model_id: name@version`` to be routed to a replica that holds the model.
+* Inputs are checked against the version's registry tags (``input_shape``, ``levels``,
+  ``likelihood``) before the model is touched: a bad request costs no model load.
+* ``score`` requests go through ``@serve.batch``, bounded by rows (``max_batch``), not requests:
+  a batch's items are grouped by model, concatenated, scored once, split. Estimates (IWAE, AIS)
+  with a ``seed`` are scored alone, so a seeded score is reproducible whatever else is in flight.
+* Model calls run in threads (``asyncio.to_thread``), never on the event loop, one at a time per
+  model (a lock: families keep state such as MADE's current mask). Each request has a deadline
+  (``request_timeout_s``) → 504; work already started finishes in the background (a model load
+  is then cached for the next request).
+* Errors are ``{"error": {"status", "message"}}``: 400 malformed JSON, 422 invalid body or input,
+  404 unknown model/alias/version, 501 family not installed here, 503 registry unreachable,
+  504 deadline, 500 a logged bug.
+  The body is parsed here (not by FastAPI) so that bad JSON is a 400; the pydantic request models
+  still document it in the OpenAPI schema (``/docs``).
+* Serve's per-request access log costs throughput (~3× here); turn it off with
+  ``serve.run(..., logging_config={"enable_access_log": False})`` or the same key in a config.
+"""
+
+import asyncio
+import json
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import genmodels
+from pipelines import registry
+
+logger = logging.getLogger("ray.serve")
+
+
+# ----------------------------------------------------------------------------------- schemas
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Ref(_Strict):
+    alias: str = Field(registry.CHAMPION, min_length=1, max_length=256, pattern=r"^[\w.\-]+$")
+    version: int | None = Field(None, ge=1, description="a version number; overrides alias")
+    seed: int | None = Field(None, ge=0, lt=2**63, description="seed of the torch generator")
+
+
+class SampleRequest(_Ref):
+    n: int = Field(ge=1, description="number of samples, at most the model's sample limit")
+
+
+class ScoreRequest(_Ref):
+    x: list[Any] = Field(description="(B, *input_shape) or (B, D) nested list of integers")
+
+
+class SampleResponse(BaseModel):
+    model: str
+    version: int
+    samples: list[Any]
+    shape: list[int]
+
+
+class ScoreResponse(BaseModel):
+    model: str
+    version: int
+    log_prob: list[float]
+    bits_per_dim: list[float]
+    method: str
+    stderr: list[float] | None
+
+
+class ServeConfig(BaseModel):
+    """The deployment's settings (strings are coerced: ``serve run`` passes strings)."""
+
+    model_config = ConfigDict(extra="forbid")
+    tracking_uri: str
+    max_batch: int = Field(256, ge=1, description="most rows per score request and model call")
+    request_timeout_s: float = Field(30.0, gt=0, description="deadline of a request (504)")
+    sample_limits: dict[str, int] = Field({}, description="per-family cap on n")
+    max_models: int = Field(8, ge=1, description="models cached per replica (LRU)")
+    batch_wait_s: float = Field(0.01, ge=0, description="how long a score batch waits to fill")
+    alias_ttl_s: float = Field(10.0, ge=0, description="how long alias→version is cached")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"status": status, "message": message}}, status_code=status)
+
+
+def _docs(model: type[BaseModel] | None = None, body: type[BaseModel] | None = None) -> dict:
+    doc: dict[str, Any] = {"responses": {200: {"model": model}} if model else {}}
+    if body is not None:
+        schema = body.model_json_schema()
+        doc["openapi_extra"] = {
+            "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}
+        }
+    return doc
+
+
+async def _parse(request: Request, model: type[BaseModel]) -> Any:
+    try:
+        obj = json.loads(await request.body())
+    except ValueError as e:
+        raise ApiError(400, f"malformed JSON body: {e}") from None
+    try:
+        return model.model_validate(obj)
+    except ValidationError as e:
+        msgs = [f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors()]
+        raise ApiError(422, "invalid request: " + "; ".join(msgs)) from None
+
+
+# ------------------------------------------------------------------------------ model access
+@dataclass(frozen=True)
+class _Version:
+    """A resolved registry version and what its tags (set by ``register_model``) say about it."""
+
+    name: str
+    version: str
+    tags: dict[str, str]
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @property
+    def family(self) -> str:
+        return self.tags.get("family") or self.name.split("-", 1)[0]
+
+    @property
+    def spec(self) -> tuple[tuple[int, ...] | None, int]:
+        """(input_shape or None when untagged, levels)."""
+        shape = self.tags.get("input_shape")
+        return (tuple(json.loads(shape)) if shape else None), int(self.tags.get("levels", 2))
+
+
+def _data_space(levels: int) -> str:
+    return "binary" if levels == 2 else f"discrete 0..{levels - 1}"
+
+
+class _Loaded:
+    """A model and the lock that makes its calls one at a time (run in a worker thread)."""
+
+    def __init__(self, model: genmodels.GenerativeModel) -> None:
+        self.model, self.lock = model, threading.Lock()
+
+    def call(self, method: str, *args: Any) -> Any:
+        with self.lock, torch.no_grad():
+            return getattr(self.model, method)(*args)
+
+
+@dataclass
+class _Item:
+    group: Any
+    model: _Loaded
+    x: torch.Tensor
+    seed: int | None
+
+
+def _generator(seed: int | None) -> torch.Generator | None:
+    return None if seed is None else torch.Generator().manual_seed(seed)
+
+
+def _to_batch(x: list, shape: tuple[int, ...], levels: int, max_batch: int) -> torch.Tensor:
+    """Validate ``x`` against the version's shape and data space; a float tensor (B, *shape)."""
+    if len(x) > max_batch:
+        raise ApiError(422, f"batch of {len(x)} examples is over the limit of {max_batch}")
+    try:
+        a = np.asarray(x)
+    except (ValueError, TypeError, OverflowError):
+        raise ApiError(422, "x must be a rectangular nested list of numbers") from None
+    if a.dtype.kind not in "iuf":
+        raise ApiError(422, "x must be a rectangular nested list of numbers")
+    d = math.prod(shape)
+    if a.ndim == 0 or len(a) == 0:
+        raise ApiError(422, "x must hold at least one example")
+    if a.shape[1:] != shape and a.shape[1:] != (d,):
+        raise ApiError(
+            422, f"x must have shape (B, {', '.join(map(str, shape))}) or (B, {d}); got {a.shape}"
+        )
+    if not np.isfinite(a).all():
+        raise ApiError(422, "x contains NaN or infinite values")
+    if ((a < 0) | (a > levels - 1) | (a != np.round(a))).any():
+        raise ApiError(422, f"x values must be integers in 0..{levels - 1} ({_data_space(levels)})")
+    return torch.from_numpy(a.astype(np.float32)).reshape(len(a), *shape)
+
+
+def _rows(items: list[_Item]) -> int:
+    return sum(len(it.x) for it in items)
+
+
+# ------------------------------------------------------------------------------- deployment
+api = FastAPI(
+    title="genmodels",
+    version=genmodels.__version__,
+    description="Sample and score generative models from the MLflow registry.",
+)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return _error(exc.status_code, str(exc.detail))
+
+
+@serve.deployment
+@serve.ingress(api)
+class GenModelsServer:
+    def __init__(self, cfg: ServeConfig) -> None:
+        self.cfg, self.uri = cfg, cfg.tracking_uri
+        self._versions: dict[tuple[str, str], tuple[float, _Version]] = {}
+        # ``models:/`` downloads resolve the model and its run through the process-wide URIs,
+        # not the tracking URI passed to them (otherwise: "not found", and a stray ./mlflow.db).
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
+
+        async def load(key: str) -> _Loaded:
+            name, _, version = key.rpartition("@")
+            model, _ = await asyncio.to_thread(registry.load_version, self.uri, name, version)
+            return _Loaded(model)
+
+        self._load = serve.multiplexed(max_num_models_per_replica=cfg.max_models)(load)
+        self._score_batch.set_max_batch_size(cfg.max_batch)
+        self._score_batch.set_batch_wait_timeout_s(cfg.batch_wait_s)
+
+    # ------------------------------------------------------------------------------ endpoints
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/v1/models", **_docs())
+    async def models(self) -> JSONResponse:
+        return await self._guard(self._models())
+
+    @api.post("/v1/models/{name}/sample", **_docs(SampleResponse, SampleRequest))
+    async def sample(self, name: str, request: Request) -> JSONResponse:
+        return await self._guard(self._sample(name, request))
+
+    @api.post("/v1/models/{name}/score", **_docs(ScoreResponse, ScoreRequest))
+    async def score(self, name: str, request: Request) -> JSONResponse:
+        return await self._guard(self._score(name, request))
+
+    # -------------------------------------------------------------------------------- helpers
+    async def _guard(self, coro) -> JSONResponse:
+        """Run a handler under the deadline; map every failure to a JSON error."""
+        task = asyncio.ensure_future(coro)  # copies the context: Serve's request context too
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved if orphaned
+        try:
+            done, _ = await asyncio.wait({task}, timeout=self.cfg.request_timeout_s)
+            if not done:
+                raise ApiError(504, f"request took longer than {self.cfg.request_timeout_s:g} s")
+            return JSONResponse(task.result())
+        except ApiError as e:
+            return _error(e.status, e.message)
+        except genmodels.NoLikelihoodError as e:
+            return _error(422, str(e))
+        except registry.NotFoundError as e:
+            return _error(404, str(e))
+        except registry.RegistryError as e:
+            return _error(503, f"model registry unavailable: {e}")
+        except Exception as e:
+            logger.exception("genmodels serve: unexpected error")
+            return _error(500, f"internal error: {type(e).__name__}: {e}")
+
+    def _limit(self, family: str) -> int | None:
+        """The most samples per request; None for a family this server does not have."""
+        if family not in genmodels.families():
+            return None
+        limit = genmodels.family_class(family).sample_limit
+        return min(limit, self.cfg.sample_limits.get(family, limit))
+
+    async def _resolve(self, name: str, body: _Ref) -> _Version:
+        ref = str(body.version) if body.version is not None else body.alias
+        now = time.monotonic()
+        hit = self._versions.get((name, ref))
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        mv = await asyncio.to_thread(registry.resolve_version, self.uri, name, ref)
+        v = _Version(name, str(mv.version), dict(mv.tags))
+        if len(self._versions) > 4096:
+            self._versions.clear()
+        self._versions[(name, ref)] = (now + self.cfg.alias_ttl_s, v)
+        return v
+
+    def _describe(self, version: str, tags: dict[str, str]) -> dict[str, Any]:
+        v = _Version("", version, tags)
+        shape, levels = v.spec
+        metrics = {k[7:]: float(m) for k, m in tags.items() if k.startswith("metric.")}
+        return {
+            "version": int(version),
+            "likelihood": tags.get("likelihood"),
+            "method": tags.get("method"),
+            "metrics": {k: (m if math.isfinite(m) else None) for k, m in metrics.items()},
+            "input_shape": list(shape) if shape else None,
+            "levels": levels,
+            "data_space": _data_space(levels),
+            "sample_limit": self._limit(v.family),
+        }
+
+    async def _models(self) -> dict[str, Any]:
+        out = []
+        for rm in await asyncio.to_thread(registry.list_models, self.uri):
+            tags = next(iter(rm["versions"].values()), {})
+            family, _, dataset = rm["name"].partition("-")
+            out.append(
+                {
+                    "name": rm["name"],
+                    "family": tags.get("family", family),
+                    "dataset": tags.get("dataset", dataset),
+                    "aliases": {a: int(v) for a, v in rm["aliases"].items()},
+                    "latest_version": rm["latest_version"],
+                    "versions": {v: self._describe(v, t) for v, t in rm["versions"].items()},
+                }
+            )
+        return {"models": out}
+
+    async def _sample(self, name: str, request: Request) -> dict[str, Any]:
+        body = await _parse(request, SampleRequest)
+        v = await self._resolve(name, body)
+        limit = self._limit(v.family)
+        if limit is None:
+            raise ApiError(501, f"{name}: family {v.family!r} is not installed on this server")
+        if body.n > limit:
+            raise ApiError(
+                422, f"n={body.n} is over the limit of {limit} samples per request for {name}"
+            )
+        loaded = await self._load(v.key)
+        x = await asyncio.to_thread(loaded.call, "sample", body.n, _generator(body.seed))
+        return {
+            "model": name,
+            "version": int(v.version),
+            "samples": x.to(torch.int64).tolist(),
+            "shape": list(x.shape),
+        }
+
+    async def _score(self, name: str, request: Request) -> dict[str, Any]:
+        body = await _parse(request, ScoreRequest)
+        v = await self._resolve(name, body)
+        if v.tags.get("likelihood") == "none":
+            raise ApiError(422, f"{name}: family {v.family!r} has no likelihood to score")
+        shape, levels = v.spec
+        loaded = None if shape else await self._load(v.key)  # an untagged version: ask the model
+        if loaded is not None:
+            shape, levels = loaded.model.input_shape, loaded.model.levels
+        x = _to_batch(body.x, shape, levels, self.cfg.max_batch)
+        loaded = loaded or await self._load(v.key)
+        pooled = body.seed is None or loaded.model.likelihood == "exact"
+        group = v.key if pooled else (v.key, object())  # a seeded estimate is scored alone
+        result = await self._score_batch(_Item(group, loaded, x, body.seed))
+        if isinstance(result, Exception):
+            raise result
+        log_prob, stderr, method = result
+        d = math.prod(shape)
+        lp = log_prob.tolist()
+        return {
+            "model": name,
+            "version": int(v.version),
+            "log_prob": lp,
+            "bits_per_dim": [-val / (d * math.log(2)) for val in lp],
+            "method": method,
+            "stderr": stderr.tolist() if stderr is not None else None,
+        }
+
+    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.01, batch_size_fn=_rows)
+    async def _score_batch(self, items: list[_Item]) -> list[Any]:
+        """Score a batch: one model call per group; a group's failure is only its items'."""
+        groups: dict[Any, list[int]] = {}
+        for i, item in enumerate(items):
+            groups.setdefault(item.group, []).append(i)
+        out: list[Any] = [None] * len(items)
+
+        async def run(idx: list[int]) -> None:
+            first = items[idx[0]]
+            x = torch.cat([items[i].x for i in idx])
+            try:
+                r = await asyncio.to_thread(first.model.call, "score", x, _generator(first.seed))
+            except Exception as e:
+                for i in idx:
+                    out[i] = e
+                return
+            sizes = [len(items[i].x) for i in idx]
+            stderrs = r.stderr.split(sizes) if r.stderr is not None else [None] * len(idx)
+            for i, lp, se in zip(idx, r.log_prob.split(sizes), stderrs):
+                out[i] = (lp, se, r.method)
+
+        await asyncio.gather(*(run(idx) for idx in groups.values()))
+        return out
+
+
+# -------------------------------------------------------------------------------- public API
+def build_app(
+    tracking_uri: str | None,
+    *,
+    num_replicas: int = 1,
+    max_ongoing_requests: int | None = None,
+    ray_actor_options: dict[str, Any] | None = None,
+    env_vars: dict[str, str] | None = None,
+    **settings: Any,
+) -> serve.Application:
+    """The bound application (pass it to ``serve.run``).
+
+    Args:
+        tracking_uri: the MLflow store (default and relative sqlite paths: see
+            ``registry.resolve_tracking_uri``).
+        num_replicas, max_ongoing_requests: per deployment; ``max_ongoing_requests`` defaults
+            to ``max_batch`` so that a batch can fill with one-row requests.
+        ray_actor_options: for the replicas (``num_cpus``, ``runtime_env``...).
+        env_vars: environment of the replicas (e.g. ``MLFLOW_HTTP_REQUEST_TIMEOUT``).
+        **settings: the fields of ``ServeConfig``: ``max_batch=256``, ``request_timeout_s=30``,
+            ``sample_limits=None`` ({family: n}), ``max_models=8``, ``batch_wait_s=0.01``,
+            ``alias_ttl_s=10``.
+    """
+    settings["sample_limits"] = settings.get("sample_limits") or {}
+    cfg = ServeConfig(tracking_uri=registry.resolve_tracking_uri(tracking_uri), **settings)
+    actor = dict(ray_actor_options or {})
+    if env_vars:
+        runtime_env = dict(actor.get("runtime_env") or {})
+        runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **env_vars}
+        actor["runtime_env"] = runtime_env
+    options: dict[str, Any] = {
+        "num_replicas": int(num_replicas),
+        "max_ongoing_requests": int(max_ongoing_requests or cfg.max_batch),
+    }
+    if actor:
+        options["ray_actor_options"] = actor
+    return GenModelsServer.options(**options).bind(cfg)
+
+
+def app_builder(args: dict[str, Any]) -> serve.Application:
+    """``serve run pipelines.serve:app_builder tracking_uri=... sample_limits=made=64,vae=512``."""
+    args = dict(args)
+    limits = args.pop("sample_limits", None)
+    if isinstance(limits, str):
+        pairs = (p.split("=", 1) for p in limits.split(",") if p.strip())
+        limits = {k.strip(): int(v) for k, v in pairs}
+    return build_app(args.pop("tracking_uri", None), sample_limits=limits, **args)
+
+
+def start(
+    tracking_uri: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    route_prefix: str = "/",
+    name: str = "genmodels",
+    blocking: bool = False,
+    **kw: Any,
+) -> str:
+    """Start Serve's HTTP proxy on ``host:port``, deploy the app; return its base URL.
+
+    Serve's HTTP options are cluster-wide: if Serve already runs, its host and port win.
+    ``kw`` goes to ``build_app``.
+    """
+    serve.start(http_options={"host": host, "port": port})
+    url = f"http://{host}:{port}{route_prefix.rstrip('/')}"
+    logger.info("genmodels serving at %s", url)
+    serve.run(
+        build_app(tracking_uri, **kw), name=name, route_prefix=route_prefix, blocking=blocking
+    )
+    return url
+
+
+def shutdown(name: str = "genmodels") -> None:
+    """Delete the application; stop Serve too when no other live application is left."""
+    apps = serve.status().applications
+    if any(a != name and s.status != "DELETING" for a, s in apps.items()):
+        if name in apps:
+            serve.delete(name)
+    elif apps:
+        serve.shutdown()
