@@ -148,6 +148,7 @@ def cmd_train(args) -> int:
     out = run_training(spec)
     _print_outcome("trained", spec.family, out.metrics, out.registered, out.grid_path)
     print(f"mlflow run: {out.run_id}")
+    print(f"training workers ran on nodes: {','.join(json.loads(out.metrics['worker_nodes']))}")
     return 0
 
 

@@ -161,6 +161,7 @@ def _sample_grid(module, spec: TrainSpec, path: Path) -> Path | None:
 
 def train_loop(cfg: dict[str, Any]) -> None:
     """The per-worker training function (``TorchTrainer(train_loop_per_worker=...)``)."""
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -285,6 +286,11 @@ def train_loop(cfg: dict[str, Any]) -> None:
                 for key, value in metrics.items():
                     mlflow_client.log_metric(cfg["run_id"], key, float(value), step=epoch)
 
+    # Where every rank ran (a list of Ray node ids, rank order).
+    nodes = [ray.get_runtime_context().get_node_id()] * world
+    if dist.is_available() and dist.is_initialized():
+        dist.all_gather_object(nodes, nodes[0])
+
     # The test split, once, with the best weights.
     module.load_state_dict(best_state)
     test = _score_split(module, ray.train.get_dataset_shard("test"), spec, device, spec.seed + 999)
@@ -301,6 +307,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
         "steps": state["steps"],
         "stopped_early": state["stopped"],
         "resumes": json.dumps(state["resumes"]),
+        "worker_nodes": json.dumps(nodes),
     }
     if rank == 0 and mlflow_client is not None:
         _log_pictures(module, spec, state, mlflow_client, cfg["run_id"])
