@@ -1,0 +1,57 @@
+"""Ray Tune driving Ray Train: trials are nested MLflow runs, the best one is registered."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines import registry
+from pipelines.train import TrainSpec
+from pipelines.tune import run_tuning, to_tune_space
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(400)]
+
+
+def test_search_space_maps_every_kind():
+    from genmodels.base import SearchSpec
+
+    space = to_tune_space(
+        {
+            "a": SearchSpec("choice", ((8,), (16,))),
+            "b": SearchSpec("loguniform", low=1e-4, high=1e-2),
+            "c": SearchSpec("uniform", low=0.0, high=1.0),
+            "d": SearchSpec("randint", low=1, high=4),
+        }
+    )
+    assert space["a"].categories == [(8,), (16,)]
+    assert (space["b"].lower, space["b"].upper) == (1e-4, 1e-2)
+    assert 1 <= space["d"].sample() < 4
+
+
+def test_two_trials_nested_runs_and_best_registered(ray_session, tmp_path, tracking_uri):
+    spec = TrainSpec(
+        family="made",
+        dataset="digits",
+        model={"hidden_sizes": (16,)},  # fixed; lr, num_masks and weight_decay are searched
+        epochs=2,
+        batch_size=64,
+        num_workers=1,
+        max_steps_per_epoch=2,
+        storage_path=str(tmp_path / "ray"),
+        tracking_uri=tracking_uri,
+    )
+    out = run_tuning(spec, num_samples=2)
+    assert len(out.trials) == 2 and all(t["error"] is None for t in out.trials)
+    assert set(out.best_config) == {"num_masks", "lr", "weight_decay"}  # hidden_sizes was fixed
+    best = max(t["metric"] for t in out.trials)
+    assert out.best_metrics["val_log_prob"] == pytest.approx(best, abs=1e-3)
+    uri = registry.resolve_tracking_uri(tracking_uri)
+    c = registry.client(uri)
+    exp = c.get_experiment_by_name(spec.experiment)
+    children = c.search_runs(
+        [exp.experiment_id], f"tags.mlflow.parentRunId = '{out.parent_run_id}'"
+    )
+    assert len(children) == 2
+    assert all(len(c.get_metric_history(r.info.run_id, "val_log_prob")) >= 1 for r in children)
+    assert out.registered is not None and out.registered.promoted
+    tags = registry.resolve_version(uri, "made-digits", "champion").tags
+    assert float(tags["metric.val_log_prob"]) == pytest.approx(out.best_metrics["val_log_prob"])
