@@ -282,9 +282,12 @@ def train_loop(cfg: dict[str, Any]) -> None:
                 f"{metrics['epoch_time_s']:.1f}s{' *' if improved else ''}",
                 flush=True,
             )
-            if mlflow_client is not None:
-                for key, value in metrics.items():
-                    mlflow_client.log_metric(cfg["run_id"], key, float(value), step=epoch)
+            if mlflow_client is not None:  # one batched write per epoch
+                from mlflow.entities import Metric
+
+                stamp = int(time.time() * 1000)
+                batch_metrics = [Metric(k, float(v), stamp, epoch) for k, v in metrics.items()]
+                mlflow_client.log_batch(cfg["run_id"], metrics=batch_metrics)
 
     # Where every rank ran (a list of Ray node ids, rank order).
     nodes = [ray.get_runtime_context().get_node_id()] * world

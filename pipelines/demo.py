@@ -1,0 +1,104 @@
+"""``genmodels demo``: the whole system on the embedded defaults, end to end.
+
+Starts a local Ray, trains MADE and VAE on the bundled MNIST subset with Ray Train (2 workers),
+logs and registers both in MLflow (``sqlite:///./mlflow.db``), deploys the Ray Serve app from
+the registry, sends it real ``sample`` and ``score`` requests, prints a summary and shuts down.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+DEMO_FAMILIES = {
+    # Sized for the 4,000-example training split: larger models overfit it within minutes.
+    "made": {"hidden_sizes": [500], "num_masks": 1},
+    "vae": {"latent_dim": 32, "hidden_sizes": [512, 256], "eval_k": 100},
+}
+
+
+def _post(url: str, body: dict, timeout: float = 120.0) -> dict:
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def run_demo(epochs: int = 20, port: int = 8000, workers: int = 2) -> int:
+    import ray
+
+    from . import serve
+    from .cli import init_ray
+    from .data import load_dataset
+    from .images import save_grid
+    from .registry import resolve_tracking_uri
+    from .train import TrainSpec, run_training
+
+    t0 = time.monotonic()
+    uri = resolve_tracking_uri(None)
+    init_ray()
+    rows = []
+    try:
+        for family, model in DEMO_FAMILIES.items():
+            print(f"\n=== training {family} on mnist ({workers} Ray Train workers) ===", flush=True)
+            spec = TrainSpec(
+                family=family,
+                dataset="mnist",
+                model=model,
+                epochs=epochs,
+                patience=4,
+                num_workers=workers,
+                tracking_uri=uri,
+                experiment="genmodels-demo",
+            )
+            out = run_training(spec)
+            rows.append((family, out))
+        print("\n=== serving the registry with Ray Serve ===", flush=True)
+        base = serve.start(uri, port=port)
+        x_test, _ = load_dataset("mnist").numpy("test")
+        queries = {}
+        for family, out in rows:
+            name = out.registered.name
+            sampled = _post(f"{base}/v1/models/{name}/sample", {"n": 16, "seed": 0})
+            grid = save_grid(
+                np.asarray(sampled["samples"]),
+                (1, 28, 28),
+                2,
+                Path("outputs") / f"served-{name}.png",
+            )
+            scored = _post(f"{base}/v1/models/{name}/score", {"x": x_test[:8].tolist()})
+            queries[family] = (grid, scored)
+        with urllib.request.urlopen(f"{base}/v1/models", timeout=30) as resp:
+            listed = json.loads(resp.read())
+        n_models = len(listed.get("models", listed)) if isinstance(listed, dict) else len(listed)
+    finally:
+        try:
+            serve.shutdown()
+        except Exception:
+            pass
+        ray.shutdown()
+
+    print("\n=== genmodels demo: summary ===")
+    print(f"MLflow tracking URI: {uri}   (mlflow ui --backend-store-uri {uri})")
+    print(f"{'family':<6} {'test nats/ex':>12} {'bits/dim':>9} {'method':<12} registered")
+    for family, out in rows:
+        m, r = out.metrics, out.registered
+        print(
+            f"{family:<6} {-m['test_log_prob']:>12.2f} {m['test_bpd']:>9.4f} {m['method']:<12} "
+            f"{r.name} v{r.version}{' (champion)' if r.promoted else ''}"
+        )
+    for family, out in rows:
+        grid, scored = queries[family]
+        print(f"{family}: training samples {out.grid_path}; served samples {grid}")
+        print(
+            f"{family}: served score of 8 test digits: mean {np.mean(scored['log_prob']):.2f} "
+            f"nats ({scored['method']})"
+        )
+    print(f"Serve app was at {base} ({n_models} registered models listed at {base}/v1/models)")
+    print(f"demo finished in {time.monotonic() - t0:.0f} s")
+    return 0
