@@ -73,7 +73,7 @@ def ray_path(data, hidden, epochs: int, batch_size: int, threads: int, storage: 
     seen, elapsed = per_epoch["train_examples"].sum(), per_epoch["train_time_s"].sum()
     return {
         "examples_per_s": float(seen / elapsed),
-        "steps": int(result.metrics["steps"]),
+        "steps": int(np.ceil(per_epoch["train_examples"] / batch_size).sum()),
         "train_time_s": float(elapsed),
         "wall_s": wall,
     }
