@@ -189,7 +189,7 @@ def cmd_evaluate(args) -> int:
     )
     if args.dataset is None and data.fingerprint != meta.get("fingerprint"):
         print("warning: the dataset's fingerprint differs from the one the model was trained on")
-    res = evaluate_split(model, data, args.split, seed=args.seed)
+    res = evaluate_split(model, data, args.split, seed=args.seed, progress=True)
     print(json.dumps({"model": args.model, "version": info["version"], "split": args.split, **res}))
     return 0
 
@@ -202,8 +202,14 @@ def cmd_sample(args) -> int:
     model, info = _load(args)
     if not 1 <= args.n <= model.sample_limit:
         raise CLIError(f"bad value {args.n} for --n (1..{model.sample_limit} for {model.family})")
-    with torch.no_grad():
-        x = model.sample(args.n, generator=torch.Generator().manual_seed(args.seed))
+    from tqdm import tqdm
+
+    g, chunks = torch.Generator().manual_seed(args.seed), []
+    with torch.no_grad(), tqdm(total=args.n, desc=f"sampling {args.model}", unit="sample") as bar:
+        for start in range(0, args.n, 16):  # chunks, so slow sequential samplers show progress
+            chunks.append(model.sample(min(16, args.n - start), generator=g))
+            bar.update(len(chunks[-1]))
+    x = torch.cat(chunks)
     if args.out.endswith(".png"):
         path = save_grid(x.numpy(), model.input_shape, model.levels, args.out)
     else:
@@ -312,7 +318,7 @@ def make_parser() -> argparse.ArgumentParser:
     sp.add_argument("rest", nargs=argparse.REMAINDER)
     sp.set_defaults(fn=cmd_submit)
     sp = sub.add_parser("demo", help="train, register, serve and query MADE and VAE on MNIST")
-    sp.add_argument("--epochs", type=int, default=20)
+    sp.add_argument("--epochs", type=int, default=60, help="at most; early stopping decides")
     sp.add_argument("--workers", type=int, default=2)
     sp.add_argument("--port", type=int, default=8000)
     sp.set_defaults(fn=cmd_demo)

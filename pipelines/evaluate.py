@@ -18,7 +18,12 @@ LN2 = math.log(2.0)
 
 @torch.no_grad()
 def evaluate_split(
-    model: genmodels.GenerativeModel, data, split: str, seed: int = 0, batch_size: int = 256
+    model: genmodels.GenerativeModel,
+    data,
+    split: str,
+    seed: int = 0,
+    batch_size: int = 256,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Mean log-likelihood (nats/example), bits/dim, stderr of the mean, count and method."""
     if split not in data.splits:
@@ -30,6 +35,13 @@ def evaluate_split(
         )
     model.eval()
     batches = (b["x"] for b in data.splits[split].iter_torch_batches(batch_size=batch_size))
+    if progress:
+        from tqdm import tqdm
+
+        total = data.sizes.get(split)
+        batches = tqdm(
+            batches, desc=f"scoring {split}", total=-(-total // batch_size), unit="batch"
+        )
     sums = accumulate_scores(model, batches, torch.Generator().manual_seed(seed))
     return summarise(*sums, num_dims=model.num_dims)
 

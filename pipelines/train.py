@@ -8,9 +8,10 @@ and registers the best model. Each worker runs ``train_loop``:
   with its own optimiser (``model(batch, phase=p)["loss"]``);
 * every epoch: the validation log-likelihood (all-reduced over ranks), early stopping on it
   with ``patience``, the best weights kept, and a checkpoint holding the model, the optimisers,
-  the epoch, the early-stopping state and, per rank, the RNG state (``rank<r>.pt``; Ray merges
-  every rank's files into one checkpoint directory). After a worker failure Ray restarts the
-  group (``FailureConfig``) and the loop resumes at the next epoch from the latest checkpoint;
+  the epoch, the early-stopping state and, per rank, the RNG state and the family's
+  ``rank_state()`` (``rank<r>.pt``; Ray merges every rank's files into one checkpoint
+  directory). After a worker failure Ray restarts the group (``FailureConfig``) and the loop
+  resumes at the next epoch from the latest checkpoint;
 * at the end: the test split scored once with the best weights (nats/example and bits/dim),
   and rank 0 logs a time-capped sample grid and the learning curve (PNGs) to MLflow.
 
@@ -203,6 +204,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
                 mine = torch.load(rank_file, map_location="cpu", weights_only=True)
                 torch.set_rng_state(mine["torch_rng"])
                 data_gen.set_state(mine["data_rng"])
+                module.load_rank_state(mine["family_state"])
         adam_steps = [
             int(s["step"]) for o in optimizers.values() for s in o.state_dict()["state"].values()
         ]
@@ -346,6 +348,7 @@ def _report_with_checkpoint(module, optimizers, best_state, state, metrics, rank
                 "torch_rng": torch.get_rng_state(),
                 "data_rng": data_gen.get_state(),
                 "params_sha256": _params_digest(module),
+                "family_state": module.rank_state(),
             },
             Path(tmp) / f"rank{rank}.pt",
         )
@@ -443,26 +446,28 @@ def run_training(spec: TrainSpec) -> TrainOutcome:
     client.set_tag(run_id, "method", metrics["method"])
 
     model, ckpt_path = load_best_from_checkpoint(result.checkpoint)
-    registered = None
-    if spec.register:
-        meta = {
-            "dataset": data.name,
-            "fingerprint": data.fingerprint,
-            "preprocessing": data.preprocessing,
-            "method": metrics["method"],
-        }
-        keep = ("val_log_prob", "test_log_prob", "test_bpd", "test_stderr", "best_epoch")
-        registered = registry.register_model(
-            tracking_uri,
-            run_id,
-            model,
-            meta,
-            {k: metrics[k] for k in keep},
-            name=spec.registered_name,
-        )
+    keep = ("val_log_prob", "test_log_prob", "test_bpd", "test_stderr", "best_epoch")
+    registered = register_trained(
+        spec, data, run_id, model, metrics["method"], {k: metrics[k] for k in keep}
+    )
     client.set_terminated(run_id, status="FINISHED")
     grid, curve = _fetch_pictures(run_id, tracking_uri, Path(spec.output_dir) / name)
     return TrainOutcome(run_id, metrics, ckpt_path, registered, grid, curve)
+
+
+def register_trained(spec: TrainSpec, data, run_id: str, model, method: str, metrics: dict):
+    """Register ``model`` (unless ``spec.register`` is off) with the dataset's lineage."""
+    if not spec.register:
+        return None
+    meta = {
+        "dataset": data.name,
+        "fingerprint": data.fingerprint,
+        "preprocessing": data.preprocessing,
+        "method": method,
+    }
+    return registry.register_model(
+        spec.tracking_uri, run_id, model, meta, metrics, name=spec.registered_name
+    )
 
 
 def load_best_from_checkpoint(checkpoint) -> tuple[genmodels.GenerativeModel, str]:

@@ -20,7 +20,13 @@ import genmodels
 from genmodels.base import SearchSpec
 
 from . import registry
-from .train import TrainSpec, build_trainer, load_best_from_checkpoint, plan_resources
+from .train import (
+    TrainSpec,
+    build_trainer,
+    load_best_from_checkpoint,
+    plan_resources,
+    register_trained,
+)
 
 METRIC = "best_val_log_prob"
 
@@ -182,17 +188,7 @@ def run_tuning(spec: TrainSpec, num_samples: int = 4, grace_period: int = 1) -> 
         client.log_metric(parent_id, key, float(value))
     for key, value in best["config"].items():
         client.log_param(parent_id, f"best.{key}", str(value))
-    registered = None
-    if spec.register:
-        meta = {
-            "dataset": data.name,
-            "fingerprint": data.fingerprint,
-            "preprocessing": data.preprocessing,
-            "method": test["method"],
-        }
-        registered = registry.register_model(
-            tracking_uri, parent_id, model, meta, metrics, name=spec.registered_name
-        )
+    registered = register_trained(spec, data, parent_id, model, test["method"], metrics)
     client.set_terminated(parent_id, status="FINISHED")
     runs = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_id}'")
     best_run = next(

@@ -84,3 +84,58 @@ def test_unknown_dataset_is_a_clear_error(capsys, tmp_path):
     )
     assert code == 2
     assert "nosuchdata" in capsys.readouterr().err
+
+
+def test_sample_and_evaluate_a_registered_model(ray_session, tmp_path, capsys):
+    import json
+
+    import torch
+
+    import genmodels
+    from pipelines import registry
+    from pipelines.data import load_dataset
+
+    data = load_dataset("digits")
+    uri = registry.resolve_tracking_uri(f"sqlite:///{tmp_path}/m.db")
+    torch.manual_seed(0)
+    model = genmodels.build("made", input_shape=data.input_shape, hidden_sizes=(16,))
+    run = registry.client(uri).create_run(registry.ensure_experiment(uri, "cli"))
+    meta = {
+        "dataset": "digits",
+        "fingerprint": data.fingerprint,
+        "method": "exact",
+        "preprocessing": data.preprocessing,
+    }
+    registry.register_model(uri, run.info.run_id, model, meta, {"val_log_prob": -40.0})
+
+    out_png = tmp_path / "s.png"
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                "made-digits",
+                "--n",
+                "20",
+                "--out",
+                str(out_png),
+                "--tracking-uri",
+                uri,
+            ]
+        )
+        == 0
+    )
+    assert out_png.stat().st_size > 100
+    assert main(["sample", "--model", "made-digits", "--n", "100000", "--tracking-uri", uri]) == 2
+    assert "--n" in capsys.readouterr().err
+
+    assert main(["evaluate", "--model", "made-digits", "--tracking-uri", uri]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    from pipelines.evaluate import evaluate_split
+
+    expected = evaluate_split(model.eval(), data, "test")
+    assert printed["count"] == data.sizes["test"] and printed["method"] == "exact"
+    assert printed["log_prob"] == pytest.approx(expected["log_prob"], rel=1e-6)
+
+    assert main(["evaluate", "--model", "nope-digits", "--tracking-uri", uri]) == 2
+    assert "nope-digits" in capsys.readouterr().err
