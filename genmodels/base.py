@@ -141,6 +141,14 @@ class GenerativeModel(nn.Module):
             for p in self.phases
         }
 
+    def rank_state(self) -> dict[str, Tensor]:
+        """State that differs between data-parallel ranks and must survive a restart (e.g. the
+        persistent Gibbs chains of an RBM); each rank checkpoints and restores its own."""
+        return {}
+
+    def load_rank_state(self, state: Mapping[str, Tensor]) -> None:
+        """Restore what ``rank_state`` returned."""
+
     # ------------------------------------------------------------------------------- inference
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Draw ``n`` samples ``(n, *input_shape)`` in the data space."""
