@@ -8,8 +8,14 @@ decoder p(x|z) for binary data. Training maximises the ELBO with the reparameter
 estimate log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q: a stochastic lower bound that rises with k
 and tends to log p(x); ``score`` gives its delta-method standard error.
 
+With ``iaf_steps > 0`` the posterior is refined by an inverse autoregressive flow (Kingma,
+Salimans, Jozefowicz, Chen, Sutskever & Welling 2016, https://arxiv.org/abs/1606.04934): each
+step is z <- sigma * z + (1 - sigma) * m with (m, s) from a MADE-style masked network of z and a
+context h(x), sigma = sigmoid(s + 1.5), so log q(z_T|x) = log q(z_0|x) - sum log sigma; the
+ordering is reversed between steps. The KL term is then estimated by Monte Carlo.
+
 Choices here: MLP encoder and decoder (ReLU), ``eval_k`` importance samples (default 100, drawn
-in chunks to bound memory), ``embed`` = the posterior mean.
+in chunks to bound memory), ``embed`` = the posterior mean (of z_0: the flow's input).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import BaseConfig, GenerativeModel, ScoreResult, SearchSpec, log_mean_exp, register
+from .layers import MaskedLinear, made_degrees, made_masks
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -48,7 +55,49 @@ class VAEConfig(BaseConfig):
     hidden_sizes: tuple[int, ...] = (512, 256)
     eval_k: int = 100
     eval_chunk: int = 25
+    iaf_steps: int = 0
+    iaf_hidden: int = 128
     lr: float = 1e-3
+
+
+class IAFStep(nn.Module):
+    """One inverse-autoregressive step: z -> sigma * z + (1 - sigma) * m, (m, s) = AR(z, h).
+
+    ``forward`` returns the new z and log|det dz_new/dz| = sum log sigma (the Jacobian is
+    triangular in the step's order because m_i and s_i depend only on z_<i).
+    """
+
+    def __init__(self, dim: int, hidden: int, context: int, reverse: bool) -> None:
+        super().__init__()
+        order = torch.arange(dim, 0, -1) if reverse else torch.arange(1, dim + 1)
+        degrees = made_degrees(dim, (hidden,), order, torch.Generator(), random_connectivity=False)
+        masks = made_masks(degrees, num_outputs_per_input=2)
+        self.inp = MaskedLinear(dim, hidden, masks[0])
+        self.ctx = nn.Linear(context, hidden)
+        self.out = MaskedLinear(hidden, 2 * dim, masks[1])
+        self.register_buffer("order", order)
+        with torch.no_grad():  # start close to the identity
+            self.out.weight.mul_(0.01)
+            self.out.bias.zero_()
+
+    def shift_and_scale(self, z: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.out(F.elu(self.inp(z) + self.ctx(h)))
+        m, s = out.view(*z.shape, 2).unbind(-1)  # outputs are grouped input-major
+        return m, s + 1.5  # a positive bias: sigma starts near 0.82, an easy start
+
+    def forward(self, z: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        m, s = self.shift_and_scale(z, h)
+        sigma = torch.sigmoid(s)
+        return sigma * z + (1 - sigma) * m, F.logsigmoid(s).sum(-1)
+
+    def inverse(self, z_new: Tensor, h: Tensor) -> Tensor:
+        """Solve for z one dimension at a time, in the step's order (D passes)."""
+        z = torch.zeros_like(z_new)
+        for i in torch.argsort(self.order).tolist():
+            m, s = self.shift_and_scale(z, h)
+            sigma = torch.sigmoid(s[..., i])
+            z[..., i] = (z_new[..., i] - (1 - sigma) * m[..., i]) / sigma
+        return z
 
 
 @register
@@ -69,14 +118,36 @@ class VAE(GenerativeModel):
         super().__init__(input_shape, levels, config)
         if config.latent_dim < 1 or config.eval_k < 1 or config.eval_chunk < 1:
             raise ValueError("vae: latent_dim, eval_k and eval_chunk must be >= 1")
+        if config.iaf_steps < 0 or config.iaf_hidden < 1:
+            raise ValueError("vae: iaf_steps must be >= 0 and iaf_hidden >= 1")
         d, h, z = self.num_dims, config.hidden_sizes, config.latent_dim
-        self.encoder = mlp((d, *h, 2 * z))
+        ctx = config.iaf_hidden if config.iaf_steps else 0
+        self.encoder = mlp((d, *h, 2 * z + ctx))
         self.decoder = mlp((z, *reversed(h), d))
+        self.iaf = nn.ModuleList(
+            IAFStep(z, config.iaf_hidden, ctx, reverse=t % 2 == 1) for t in range(config.iaf_steps)
+        )
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Posterior mean and log-variance, each ``(B, Z)``."""
-        mu, logvar = self.encoder(x.flatten(1)).chunk(2, dim=-1)
-        return mu, logvar.clamp(-12.0, 8.0)
+        """Posterior mean and log-variance of z_0, each ``(B, Z)``."""
+        return self._encode(x)[:2]
+
+    def _encode(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        out = self.encoder(x.flatten(1))
+        zdim = self.config.latent_dim
+        mu, logvar, context = out[:, :zdim], out[:, zdim : 2 * zdim], out[:, 2 * zdim :]
+        return mu, logvar.clamp(-12.0, 8.0), context
+
+    def posterior(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+        """z ~ q(z|x) from standard-normal noise ``eps`` ``(..., B, Z)`` → (z, log q(z|x))."""
+        mu, logvar, context = self._encode(x)
+        z = mu + eps * (0.5 * logvar).exp()
+        log_q = -0.5 * (eps.pow(2) + LOG_2PI + logvar).sum(-1)
+        context = context.expand(*eps.shape[:-1], context.shape[-1])
+        for step in self.iaf:
+            z, log_det = step(z, context)
+            log_q = log_q - log_det
+        return z, log_q
 
     def decoder_log_prob(self, x: Tensor, z: Tensor) -> Tensor:
         """log p(x | z) for ``x`` ``(B, D)`` and ``z`` ``(..., B, Z)`` → ``(..., B)``."""
@@ -85,35 +156,36 @@ class VAE(GenerativeModel):
         return -F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
 
     def forward(self, batch: Mapping[str, Tensor], phase: str = "main") -> dict[str, Tensor]:
-        x = batch["x"].float().flatten(1)
-        mu, logvar = self.encode(x)
-        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-        rec = self.decoder_log_prob(x, z)  # (B,)
-        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
-        elbo = rec - kl
+        x = batch["x"].flatten(1).to(self.decoder[0].weight.dtype)
+        elbo, kl = self._elbo(x, None)
         loss = -elbo.mean()
         return {"loss": loss, "elbo": elbo.mean().detach(), "kl": kl.mean().detach()}
 
-    def elbo(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """A single-sample Monte-Carlo ELBO ``(B,)`` (analytic KL)."""
-        x = self.check_input(x).flatten(1)
-        mu, logvar = self.encode(x)
+    def _elbo(self, x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """Single-sample ELBO and KL term ``(B,)``: analytic KL without IAF, Monte Carlo with."""
+        mu, logvar, _ = self._encode(x)
         eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype).to(mu.device)
-        z = mu + eps * (0.5 * logvar).exp()
-        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
-        return self.decoder_log_prob(x, z) - kl
+        if self.iaf:
+            z, log_q = self.posterior(x, eps)
+            kl = log_q - std_normal_log_prob(z)
+        else:
+            z = mu + eps * (0.5 * logvar).exp()
+            kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+        return self.decoder_log_prob(x, z) - kl, kl
+
+    def elbo(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """A single-sample Monte-Carlo ELBO ``(B,)`` (analytic KL where there is no IAF)."""
+        return self._elbo(self.check_input(x).flatten(1), generator)[0]
 
     def log_weights(self, x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
         """log p(x, z_i) - log q(z_i | x) for k posterior samples → ``(k, B)``."""
         x = x.flatten(1)
-        mu, logvar = self.encode(x)
-        std = (0.5 * logvar).exp()
+        shape, dtype = (len(x), self.config.latent_dim), x.dtype
         chunks = []
         for start in range(0, k, self.config.eval_chunk):
             m = min(self.config.eval_chunk, k - start)
-            eps = torch.randn((m, *mu.shape), generator=generator, dtype=mu.dtype).to(mu.device)
-            z = mu + eps * std  # (m, B, Z)
-            log_q = -0.5 * (eps.pow(2) + LOG_2PI + logvar).sum(-1)
+            eps = torch.randn((m, *shape), generator=generator, dtype=dtype).to(x.device)
+            z, log_q = self.posterior(x, eps)  # (m, B, Z), (m, B)
             chunks.append(self.decoder_log_prob(x, z) + std_normal_log_prob(z) - log_q)
         return torch.cat(chunks, 0)
 
