@@ -91,3 +91,28 @@ def test_driver_path_logs_scores_and_registers(tmp_path, digits, tracking_uri):
     tags = registry.resolve_version(c.tracking_uri, "made-digits", "champion").tags
     assert tags["fingerprint"] == digits.fingerprint
     assert float(tags["metric.test_log_prob"]) == pytest.approx(m["test_log_prob"])
+
+
+@pytest.mark.parametrize("family", __import__("genmodels").families())
+def test_every_family_trains_through_the_ray_path(tmp_path, ray_session, family):
+    """One tiny epoch of one batch per family: the generic trainer needs no family special case."""
+    import genmodels
+    from tests.genmodels.test_contract import TINY
+
+    kinds = genmodels.family_class(family).data_kinds
+    binarize = "fixed" if "binary" in kinds else "none"
+    data = load_dataset("digits", binarize=binarize, seed=0)
+    spec = tiny_spec(
+        tmp_path,
+        family=family,
+        binarize=binarize,
+        model=dict(TINY[family]),
+        epochs=1,
+        num_workers=1,
+        max_steps_per_epoch=1,
+        batch_size=32,
+    )
+    result = build_trainer(spec, data, None, None, name=f"fam-{family}").fit()
+    m = result.metrics
+    assert m["steps"] == 1 and m["test_count"] == data.sizes["test"]
+    assert m["test_log_prob"] < 0 and m["test_bpd"] > 0
