@@ -16,6 +16,8 @@ import genmodels
 SHAPE = (1, 3, 4)
 # Tiny configs keep the suite fast; a family missing here fails test_every_family_has_a_tiny_config.
 TINY = {
+    "fvsbn": {},
+    "nade": {"hidden_size": 8},
     "made": {"hidden_sizes": (16,), "num_masks": 2},
     "vae": {"latent_dim": 2, "hidden_sizes": (8,), "eval_k": 8, "eval_chunk": 4},
 }
@@ -23,6 +25,7 @@ TINY = {
 
 # Options that change a family's structure get their own contract run: "family+variant".
 VARIANTS = {
+    "nade+order": ("nade", {"hidden_size": 8, "order_seed": 0}),
     "vae+iaf": ("vae", {**TINY["vae"], "iaf_steps": 2, "iaf_hidden": 8}),
 }
 CASES = sorted(TINY) + sorted(VARIANTS)
