@@ -1,4 +1,5 @@
-"""Layers shared by several families: masked linear layers and MADE-style connectivity masks.
+"""Layers shared by several families: masked linear and masked convolution layers, and MADE-style
+connectivity masks.
 
 Masks are buffers applied inside ``forward`` (``F.linear(x, W * M)``); the weights themselves are
 never overwritten, so a mask can change (several orderings) without touching the parameters.
@@ -67,3 +68,59 @@ def made_masks(degrees: list[Tensor], num_outputs_per_input: int = 1) -> list[Te
     out_deg = degrees[0].repeat_interleave(num_outputs_per_input)
     masks.append(out_deg[:, None] > degrees[-1][None, :])
     return [m.float() for m in masks]
+
+
+def conv_mask(
+    out_channels: int,
+    in_channels: int,
+    kernel_size: int,
+    mask_type: str,
+    data_channels: int = 1,
+) -> Tensor:
+    """PixelCNN's causal mask ``(out, in, k, k)`` (van den Oord et al. 2016, Figure 2).
+
+    A pixel sees the rows above and the pixels to its left; at the centre, channels follow the
+    within-pixel order of the ``data_channels`` data channels (R then G then B): channel ``i``
+    belongs to group ``i % data_channels`` and an output of group ``g`` sees input groups ``< g``
+    (type ``"A"``, the first layer: a pixel never sees itself) or ``<= g`` (type ``"B"``).
+    """
+    if mask_type not in ("A", "B"):
+        raise ValueError(f"mask_type must be 'A' or 'B', got {mask_type!r}")
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
+    c = kernel_size // 2
+    mask = torch.zeros(out_channels, in_channels, kernel_size, kernel_size)
+    mask[:, :, :c, :] = 1.0  # rows above
+    mask[:, :, c, :c] = 1.0  # left of the centre, same row
+    out_group = torch.arange(out_channels) % data_channels
+    in_group = torch.arange(in_channels) % data_channels
+    if mask_type == "A":
+        centre = out_group[:, None] > in_group[None, :]
+    else:
+        centre = out_group[:, None] >= in_group[None, :]
+    mask[:, :, c, c] = centre.float()
+    return mask
+
+
+class MaskedConv2d(nn.Conv2d):
+    """Square ``nn.Conv2d`` ("same" padding) whose weight is multiplied by ``conv_mask`` in
+    ``forward``, so output ``(i, j)`` depends only on inputs before it in raster order."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        mask_type: str,
+        data_channels: int = 1,
+        bias: bool = True,
+    ):
+        super().__init__(
+            in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias
+        )
+        self.mask_type = mask_type
+        mask = conv_mask(out_channels, in_channels, kernel_size, mask_type, data_channels)
+        self.register_buffer("mask", mask)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)

@@ -18,6 +18,7 @@ SHAPE = (1, 3, 4)
 TINY = {
     "fvsbn": {},
     "nade": {"hidden_size": 8},
+    "pixelcnn": {"channels": 8, "num_layers": 2, "kernel_size": 3},
     "made": {"hidden_sizes": (16,), "num_masks": 2},
     "vae": {"latent_dim": 2, "hidden_sizes": (8,), "eval_k": 8, "eval_chunk": 4},
 }
@@ -26,6 +27,10 @@ TINY = {
 # Options that change a family's structure get their own contract run: "family+variant".
 VARIANTS = {
     "nade+order": ("nade", {"hidden_size": 8, "order_seed": 0}),
+    "pixelcnn+gated-mixture": (
+        "pixelcnn",
+        {**TINY["pixelcnn"], "gated": True, "output": "logistic_mixture", "num_mixtures": 2},
+    ),
     "vae+iaf": ("vae", {**TINY["vae"], "iaf_steps": 2, "iaf_hidden": 8}),
 }
 CASES = sorted(TINY) + sorted(VARIANTS)

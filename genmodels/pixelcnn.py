@@ -1,0 +1,240 @@
+"""PixelCNN (van den Oord, Kalchbrenner & Kavukcuoglu 2016, "Pixel Recurrent Neural Networks",
+https://arxiv.org/abs/1601.06759; gated activations from van den Oord, Kalchbrenner, Vinyals,
+Espeholt, Graves & Kavukcuoglu 2016, "Conditional Image Generation with PixelCNN Decoders",
+https://arxiv.org/abs/1606.05328).
+
+p(x) = prod_i p(x_i | x_<i) over pixels in raster order (and, within a pixel, over channels R then
+G then B). A stack of masked convolutions computes every conditional in one pass: the first layer
+(mask "A") hides the pixel itself, later layers (mask "B") may see the centre, so no output sees
+its own input or anything after it; ``log_prob`` is exact.
+
+Choices here:
+
+* trunk: a 7x7 "A" convolution, then ``num_layers`` residual blocks, each either
+  ``h + conv1x1(relu(convKxK(relu(h))))`` or, with ``gated``, ``h + conv1x1(tanh(a) * sigmoid(b))``
+  with ``(a, b) = convKxK(h)``; head: relu, 1x1, relu, 1x1. A single masked stack, so the deeper
+  layers keep the original PixelCNN's blind spot (pixels up and to the right that the stacked
+  receptive field misses); the two-stack fix of the gated paper is not implemented.
+* channels: any C; hidden channel ``i`` belongs to data channel ``i % C`` and the centre tap of
+  each mask follows the channel order (``layers.conv_mask``), so ``channels`` must be a multiple
+  of C. Each data channel has its own output distribution given everything before it.
+* outputs: ``"softmax"``, an L-way softmax per value (for binary data its one-logit form, a
+  Bernoulli logit); ``"logistic_mixture"``, PixelCNN++'s discretised mixture of ``num_mixtures``
+  logistics (Salimans, Karpathy, Chen & Kingma 2017, https://arxiv.org/abs/1701.05517): values
+  0..L-1 map to bin centres on [-1, 1] of width 2/(L-1), the end bins extend to -inf and +inf, and
+  log(sigmoid(a) - sigmoid(b)) is computed in a stable closed form, so the L bin probabilities
+  sum to one exactly (no pdf fallback). Unlike PixelCNN++, the mixture is per channel (the masks
+  already condition G on R and B on R, G). log-scales are clamped to [-7, 7].
+* the network sees x / (L-1) * 2 - 1; samples are the data-space integers, as floats.
+* sampling is sequential (H * W * C network passes). Each pass computes only what the current
+  row needs: a masked stack looks ``receptive_rows`` rows up and never down, so the pass runs on
+  those rows and drops, after every layer, the rows the layers above no longer need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import BaseConfig, GenerativeModel, SearchSpec, register
+from .layers import MaskedConv2d
+
+LOG_SCALE_MIN, LOG_SCALE_MAX = -7.0, 7.0
+
+
+@dataclass(frozen=True)
+class PixelCNNConfig(BaseConfig):
+    channels: int = 64
+    num_layers: int = 7
+    kernel_size: int = 7  # the first, type-A convolution
+    block_kernel_size: int = 3  # the type-B convolution of each residual block
+    gated: bool = False
+    output: Literal["softmax", "logistic_mixture"] = "softmax"
+    num_mixtures: int = 5
+    lr: float = 1e-3
+
+
+def discretized_logistic_mixture_log_prob(params: Tensor, x: Tensor, levels: int) -> Tensor:
+    """log P(x) under a mixture of logistics discretised into ``levels`` bins on [-1, 1].
+
+    Args:
+        params: ``(..., 3K)``: mixture logits, means, log-scales (K each).
+        x: integer values 0..levels-1 (float), broadcastable to ``params.shape[:-1]``.
+        levels: the number of bins L; bin k is centred on k / (L-1) * 2 - 1, half-width 1/(L-1),
+            and the first and last bins extend to -inf and +inf.
+
+    Returns:
+        ``broadcast(params.shape[:-1], x.shape)`` log-probabilities; they sum to one over x.
+    """
+    logit_pi, mu, log_s = params.chunk(3, dim=-1)  # (..., K) each
+    log_s = log_s.clamp(LOG_SCALE_MIN, LOG_SCALE_MAX)
+    inv_s = torch.exp(-log_s)
+    half = 1.0 / (levels - 1)
+    y = (x / (levels - 1) * 2 - 1).unsqueeze(-1)
+    upper = (y + half - mu) * inv_s  # the bin's edges in standardised units
+    lower = (y - half - mu) * inv_s
+    first = F.logsigmoid(upper)  # log P(X <= upper edge): the whole first bin
+    last = F.logsigmoid(-lower)  # log P(X >= lower edge): the whole last bin
+    # sigmoid(a) - sigmoid(b) = sigmoid(a) sigmoid(-b) (1 - exp(b - a)), with b - a = -2 half / s.
+    interior = first + last + torch.log(-torch.expm1(-2 * half * inv_s))
+    x = x.unsqueeze(-1)
+    log_bin = torch.where(x == 0, first, torch.where(x == levels - 1, last, interior))
+    return torch.logsumexp(F.log_softmax(logit_pi, dim=-1) + log_bin, dim=-1)
+
+
+class ResidualBlock(nn.Module):
+    """A type-B masked residual block, plain (relu) or gated (tanh * sigmoid)."""
+
+    def __init__(self, channels: int, kernel_size: int, gated: bool, data_channels: int) -> None:
+        super().__init__()
+        self.gated = gated
+        width = 2 * channels if gated else channels
+        self.conv = MaskedConv2d(channels, width, kernel_size, "B", data_channels)
+        self.proj = MaskedConv2d(channels, channels, 1, "B", data_channels)
+
+    def forward(self, h: Tensor) -> Tensor:
+        if self.gated:
+            # Halves keep the channel groups aligned since channels % data_channels == 0.
+            a, b = self.conv(h).chunk(2, dim=1)
+            return h + self.proj(torch.tanh(a) * torch.sigmoid(b))
+        return h + self.proj(F.relu(self.conv(F.relu(h))))
+
+
+@register
+class PixelCNN(GenerativeModel):
+    family = "pixelcnn"
+    likelihood = "exact"
+    data_kinds = ("binary", "discrete")
+    Config = PixelCNNConfig
+    capabilities = frozenset({"log_prob"})
+    sample_limit = 64
+    search_space = {
+        "channels": SearchSpec("choice", (32, 64, 128)),
+        "num_layers": SearchSpec("choice", (3, 5, 7, 10)),
+        "lr": SearchSpec("loguniform", low=3e-4, high=3e-3),
+    }
+
+    def __init__(self, input_shape: tuple[int, ...], levels: int, config: PixelCNNConfig) -> None:
+        super().__init__(input_shape, levels, config)
+        if len(self.input_shape) != 3:
+            raise ValueError(f"pixelcnn: input_shape must be (C, H, W), got {self.input_shape}")
+        c = self.input_shape[0]
+        if config.channels < c or config.channels % c:
+            raise ValueError(
+                f"pixelcnn: channels ({config.channels}) must be a multiple of the number of "
+                f"data channels ({c}), one hidden group per data channel"
+            )
+        for name in ("kernel_size", "block_kernel_size"):
+            k = getattr(config, name)
+            if k < 1 or k % 2 == 0:
+                raise ValueError(f"pixelcnn: {name} must be odd and positive, got {k}")
+        if config.num_layers < 0 or config.num_mixtures < 1:
+            raise ValueError("pixelcnn: num_layers must be >= 0 and num_mixtures >= 1")
+        if config.output == "softmax":
+            self.num_params = 1 if levels == 2 else levels  # per value of each data channel
+        elif config.output == "logistic_mixture":
+            self.num_params = 3 * config.num_mixtures
+        else:
+            raise ValueError(
+                f"pixelcnn: output must be 'softmax' or 'logistic_mixture', got {config.output!r}"
+            )
+        h = config.channels
+        self.trunk = nn.ModuleList(
+            [
+                MaskedConv2d(c, h, config.kernel_size, "A", c),
+                *(
+                    ResidualBlock(h, config.block_kernel_size, config.gated, c)
+                    for _ in range(config.num_layers)
+                ),
+            ]
+        )
+        self.head = nn.Sequential(
+            nn.ReLU(),
+            MaskedConv2d(h, h, 1, "B", c),
+            nn.ReLU(),
+            MaskedConv2d(h, self.num_params * c, 1, "B", c),  # output p * C + c: data channel c
+        )
+        # Rows each trunk layer looks up; their sum is how far up one output row can see.
+        self._rows_up = [config.kernel_size // 2] + [
+            config.block_kernel_size // 2
+        ] * config.num_layers
+        self.receptive_rows = sum(self._rows_up)
+
+    # -------------------------------------------------------------------------------- network
+    def params(self, x: Tensor, row: int | None = None) -> Tensor:
+        """Output parameters ``(B, C, H, W, P)`` of p(x_i | x_<i) for data-space ``x``.
+
+        With ``row``, only that row is computed (``(B, C, 1, W, P)``), from the rows it sees.
+        """
+        h = x / (self.levels - 1) * 2 - 1  # (B, C, H, W) in [-1, 1]
+        if row is None:
+            for layer in self.trunk:
+                h = layer(h)
+        else:
+            start = max(0, row - self.receptive_rows)  # absolute index of h's first row
+            h = h[:, :, start : row + 1]
+            seen = 0
+            for layer, up in zip(self.trunk, self._rows_up):
+                h = layer(h)
+                seen += up
+                # The layers left look up only receptive_rows - seen more rows, so rows above
+                # `keep` are no longer needed (and, cut off at the crop's top, they are wrong).
+                keep = max(0, row - self.receptive_rows + seen)
+                h = h[:, :, keep - start :]
+                start = keep
+        out = self.head(h)  # (B, P * C, H', W)
+        b, _, rows, w = out.shape
+        return out.view(b, self.num_params, self.input_shape[0], rows, w).permute(0, 2, 3, 4, 1)
+
+    def pixel_log_prob(self, params: Tensor, x: Tensor) -> Tensor:
+        """log p(x | params) per value: ``params (..., P)`` and ``x`` broadcastable to ``...``."""
+        if self.config.output == "logistic_mixture":
+            return discretized_logistic_mixture_log_prob(params, x, self.levels)
+        if self.levels == 2:
+            return F.logsigmoid((2 * x - 1) * params[..., 0])
+        shape = torch.broadcast_shapes(params.shape[:-1], x.shape)
+        log_p = F.log_softmax(params, dim=-1).expand(*shape, self.num_params)
+        index = x.long().expand(shape).unsqueeze(-1)
+        return log_p.gather(-1, index).squeeze(-1)
+
+    def _log_prob(self, x: Tensor) -> Tensor:
+        return self.pixel_log_prob(self.params(x), x).flatten(1).sum(1)
+
+    # ------------------------------------------------------------------------------ protocol
+    def forward(self, batch: Mapping[str, Tensor], phase: str = "main") -> dict[str, Tensor]:
+        nll = -self._log_prob(batch["x"].float()).mean()
+        return {"loss": nll, "nll": nll.detach()}
+
+    def log_prob(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return self._log_prob(self.check_input(x))
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return self._sample(n, generator, cropped=True)
+
+    @torch.no_grad()
+    def _sample(self, n: int, generator: torch.Generator | None, cropped: bool) -> Tensor:
+        """Ancestral sampling in raster order, one uniform per value drawn (inverse CDF).
+
+        ``cropped=False`` recomputes the whole image at every step (the reference for tests).
+        """
+        c, height, width = self.input_shape
+        device = self.head[-1].weight.device
+        x = torch.zeros(n, c, height, width, device=device)
+        values = torch.arange(self.levels, device=device, dtype=x.dtype)  # (L,)
+        for r in range(height):
+            for col in range(width):
+                for ch in range(c):
+                    if cropped:
+                        p = self.params(x, row=r)[:, ch, 0, col]  # (n, P)
+                    else:
+                        p = self.params(x)[:, ch, r, col]
+                    log_p = self.pixel_log_prob(p[:, None, :], values[None, :])  # (n, L)
+                    cdf = log_p.softmax(-1).cumsum(-1)
+                    u = torch.rand(n, 1, generator=generator).to(device)
+                    x[:, ch, r, col] = (cdf < u).sum(-1).clamp(max=self.levels - 1).to(x.dtype)
+        return x
