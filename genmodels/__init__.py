@@ -6,7 +6,7 @@
 >>> model.log_prob(x)                        # (4,) nats, exact
 """
 
-from . import fvsbn, made, nade, pixelcnn, vae  # noqa: F401  (importing a family module registers it)
+from . import fvsbn, made, nade, pixelcnn, realnvp, vae  # noqa: F401  (importing a family module registers it)
 from .base import (
     BaseConfig,
     GenerativeModel,

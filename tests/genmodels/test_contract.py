@@ -19,6 +19,13 @@ TINY = {
     "fvsbn": {},
     "nade": {"hidden_size": 8},
     "pixelcnn": {"channels": 8, "num_layers": 2, "kernel_size": 3},
+    "realnvp": {
+        "num_scales": 1,
+        "num_coupling": 2,
+        "hidden_channels": 8,
+        "num_res_blocks": 1,
+        "dequant_samples": 2,
+    },
     "made": {"hidden_sizes": (16,), "num_masks": 2},
     "vae": {"latent_dim": 2, "hidden_sizes": (8,), "eval_k": 8, "eval_chunk": 4},
 }

@@ -1,0 +1,295 @@
+"""Real NVP: density estimation with real-valued non-volume-preserving transformations (Dinh,
+Sohl-Dickstein & Bengio 2016, https://arxiv.org/abs/1605.08803).
+
+An invertible network f maps data to a standard normal z; the change of variables gives an exact
+density, log p(z0) = log N(f(z0)) + log|det df/dz0|, and sampling is one inverse pass. The layers
+are affine couplings (half the units, untouched, set the scale and shift of the other half:
+a triangular Jacobian). On images each scale has checkerboard couplings, a squeeze (2x2
+space-to-depth), channel-wise couplings, and then factors out half the channels as latents; the
+last scale has checkerboard couplings only.
+
+Discrete data (paper, section 4.1): each x in 0..L-1 is dequantised, y = (x + u) / L with
+u ~ U[0, 1)^D, and taken to logit space, z0 = logit(alpha + (1 - 2 alpha) y). Since P(x) is the
+mass of p_y on x's cell of volume L^-D, P(x) = L^-D E_u[p_y((x + u) / L)], so
+log P(x) >= E_u[log p_y(y)] - D log L, where p_y includes the logit's Jacobian. ``log_prob``
+returns the k-sample importance-weighted version, log mean_i p_y(y_i) - D log L (``k =
+dequant_samples``): a stochastic lower bound on the discrete log-likelihood, comparable across
+families. With alpha > 0, p_y puts a little mass outside the unit cube, so the discrete model is
+slightly sub-normalised (its probabilities sum to a bit under 1).
+
+Choices here: ActNorm (Glow) instead of batch norm, initialised from the first training batch and
+a plain parameter afterwards, so no density depends on its batch; log-scales are a learned
+per-channel scale times tanh; conditioners are residual nets without normalisation; all latents
+are standard normal; ``num_coupling`` couplings of each kind per scale; flat ``(D,)`` inputs use
+``2 * num_coupling`` couplings over alternating halves with residual MLPs (``num_scales`` unused).
+Training uses one dequantisation sample per example. ``alpha = 0`` (the logit of y itself) is
+for analysis only: a draw u = 0 at x = 0 would give an infinite logit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .base import BaseConfig, GenerativeModel, ScoreResult, SearchSpec, log_mean_exp, register
+from .flows import (
+    ActNorm,
+    CheckerboardCoupling,
+    FlowSequence,
+    ResidualNet,
+    SplitCoupling,
+    data_init,
+    squeeze,
+    unsqueeze,
+)
+
+LOG_2PI = math.log(2 * math.pi)
+ROWS_PER_PASS = 1024  # rows (examples x dequantisation draws) scored in one pass
+
+
+@dataclass(frozen=True)
+class RealNVPConfig(BaseConfig):
+    num_scales: int = 2
+    num_coupling: int = 3
+    hidden_channels: int = 64
+    num_res_blocks: int = 2
+    alpha: float = 0.05
+    dequant_samples: int = 4
+    lr: float = 1e-3
+
+
+class Scale(nn.Module):
+    """One scale on ``(B, C, H, W)``: checkerboard couplings; unless it is the last scale, a
+    squeeze, channel-wise couplings, and half of the ``4C`` channels factored out as latents."""
+
+    def __init__(self, shape: tuple[int, int, int], cfg: RealNVPConfig, last: bool) -> None:
+        super().__init__()
+        c, h, w = shape
+        hid, blocks = cfg.hidden_channels, cfg.num_res_blocks
+        steps: list[nn.Module] = []
+        for i in range(cfg.num_coupling):
+            net = ResidualNet(c, 2 * c, hid, blocks, spatial=True)
+            steps += [ActNorm(c), CheckerboardCoupling(c, h, w, parity=i % 2, net=net)]
+        self.checker = FlowSequence(steps)
+        self.last = last
+        if not last:
+
+            def net_factory(i: int, o: int) -> nn.Module:
+                return ResidualNet(i, o, hid, blocks, spatial=True)
+
+            steps = []
+            for i in range(cfg.num_coupling):
+                steps += [
+                    ActNorm(4 * c),
+                    SplitCoupling(4 * c, flip=i % 2 == 1, net_factory=net_factory),
+                ]
+            self.channel = FlowSequence(steps)
+            self.factored = 2 * c  # channels leaving as latents
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+        """x -> (what goes on to the next scale, the factored-out latents, log-det)."""
+        x, log_det = self.checker(x)
+        if self.last:
+            return x, None, log_det
+        x, ld = self.channel(squeeze(x))  # (B, 4C, H/2, W/2)
+        z, x = x.split([self.factored, x.shape[1] - self.factored], dim=1)
+        return x, z, log_det + ld
+
+    def inverse(self, x: Tensor, z: Tensor | None) -> Tensor:
+        if not self.last:
+            x = unsqueeze(self.channel.inverse(torch.cat([z, x], dim=1)))
+        return self.checker.inverse(x)
+
+
+class MultiScaleFlow(nn.Module):
+    """Real NVP's multi-scale architecture: ``(B, C, H, W)`` -> all latents flattened ``(B, D)``."""
+
+    def __init__(self, shape: tuple[int, int, int], cfg: RealNVPConfig) -> None:
+        super().__init__()
+        c, h, w = shape
+        scales, self.latent_shapes = [], []
+        for i in range(cfg.num_scales):
+            last = i == cfg.num_scales - 1
+            scales.append(Scale((c, h, w), cfg, last))
+            if last:
+                self.latent_shapes.append((c, h, w))
+            else:
+                c, h, w = 2 * c, h // 2, w // 2  # 4C after the squeeze, half factored out
+                self.latent_shapes.append((c, h, w))
+        self.scales = nn.ModuleList(scales)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        zs, log_det = [], x.new_zeros(x.shape[0])
+        for scale in self.scales:
+            x, z, ld = scale(x)
+            zs.append(x if z is None else z)
+            log_det = log_det + ld
+        return torch.cat([z.flatten(1) for z in zs], dim=1), log_det
+
+    def inverse(self, z: Tensor) -> Tensor:
+        sizes = [math.prod(s) for s in self.latent_shapes]
+        parts = [p.view(-1, *s) for p, s in zip(z.split(sizes, dim=1), self.latent_shapes)]
+        x = self.scales[-1].inverse(parts[-1], None)
+        for scale, part in zip(reversed(self.scales[:-1]), reversed(parts[:-1])):
+            x = scale.inverse(x, part)
+        return x
+
+
+class FlatFlow(FlowSequence):
+    """Couplings over alternating halves of a flat ``(B, D)`` vector, each after an ActNorm."""
+
+    def __init__(self, dim: int, cfg: RealNVPConfig) -> None:
+        def net_factory(i: int, o: int) -> nn.Module:
+            return ResidualNet(i, o, cfg.hidden_channels, cfg.num_res_blocks, spatial=False)
+
+        steps: list[nn.Module] = []
+        for i in range(2 * cfg.num_coupling):
+            steps += [ActNorm(dim), SplitCoupling(dim, flip=i % 2 == 1, net_factory=net_factory)]
+        super().__init__(steps)
+
+
+def std_normal_log_prob(z: Tensor) -> Tensor:
+    return -0.5 * (z.pow(2) + LOG_2PI).flatten(1).sum(1)
+
+
+@register
+class RealNVP(GenerativeModel):
+    family = "realnvp"
+    likelihood = "estimate"
+    data_kinds = ("binary", "discrete")
+    Config = RealNVPConfig
+    capabilities = frozenset({"log_prob", "embed"})
+    sample_limit = 256
+    search_space = {
+        "hidden_channels": SearchSpec("choice", (32, 64, 128)),
+        "num_coupling": SearchSpec("choice", (2, 3, 4)),
+        "lr": SearchSpec("loguniform", low=3e-4, high=3e-3),
+    }
+
+    def __init__(self, input_shape: tuple[int, ...], levels: int, config: RealNVPConfig) -> None:
+        super().__init__(input_shape, levels, config)
+        cfg = config
+        if min(cfg.num_scales, cfg.num_coupling, cfg.hidden_channels, cfg.dequant_samples) < 1:
+            raise ValueError(
+                "realnvp: num_scales, num_coupling, hidden_channels and dequant_samples must be >= 1"
+            )
+        if cfg.num_res_blocks < 0 or not 0.0 <= cfg.alpha < 0.5:
+            raise ValueError("realnvp: num_res_blocks must be >= 0 and alpha in [0, 0.5)")
+        if len(self.input_shape) == 3:
+            _, h, w = self.input_shape
+            k = 2 ** (cfg.num_scales - 1)  # one squeeze between consecutive scales
+            if h % k or w % k or (h // k) * (w // k) < 2:
+                raise ValueError(
+                    f"realnvp: with num_scales={cfg.num_scales}, H and W must be divisible by {k} "
+                    f"and the last scale must have at least 2 pixels; got {self.input_shape}"
+                )
+            self.flow: nn.Module = MultiScaleFlow(self.input_shape, cfg)
+        else:
+            if self.num_dims < 2:
+                raise ValueError("realnvp: a flat input needs at least 2 dimensions")
+            self.flow = FlatFlow(self.num_dims, cfg)
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    # ------------------------------------------------------------------------------- densities
+    def flow_forward(self, z0: Tensor) -> tuple[Tensor, Tensor]:
+        """The continuous flow: ``z0`` ``(B, *input_shape)`` -> (latents ``(B, D)``, log-det)."""
+        return self.flow(z0)
+
+    def flow_inverse(self, z: Tensor) -> Tensor:
+        """Latents ``(B, D)`` -> ``z0`` ``(B, *input_shape)``."""
+        return self.flow.inverse(z)
+
+    def log_density_z0(self, z0: Tensor) -> Tensor:
+        """log p(z0) ``(B,)`` of the continuous flow on R^D (logit space)."""
+        z, log_det = self.flow_forward(z0)
+        return std_normal_log_prob(z) + log_det
+
+    def log_density_y(self, y: Tensor) -> Tensor:
+        """log p_y(y) ``(B,)`` of dequantised data, including the logit transform's Jacobian:
+        z0 = logit(p), p = alpha + (1 - 2 alpha) y, dz0/dy = (1 - 2 alpha) / (p (1 - p))."""
+        a = self.config.alpha
+        p = a + (1 - 2 * a) * y
+        log_p, log_1mp = p.log(), torch.log1p(-p)
+        log_jac = (math.log1p(-2 * a) - log_p - log_1mp).flatten(1).sum(1)
+        return self.log_density_z0(log_p - log_1mp) + log_jac
+
+    def dequant_log_prob(self, x: Tensor, u: Tensor) -> Tensor:
+        """The single-sample estimate log p_y((x + u) / L) - D log L ``(B,)`` for given noise u."""
+        y = (x.to(self._dtype) + u) / self.levels
+        return self.log_density_y(y) - self.num_dims * math.log(self.levels)
+
+    def log_weights(self, x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
+        """``dequant_log_prob`` for k dequantisation draws → ``(k, B)`` (x already checked).
+
+        The draws are taken as ``(m, B, *input_shape)`` blocks of noise, m draws per pass with
+        m * B <= ``ROWS_PER_PASS`` where possible."""
+        x = x.to(self._dtype)
+        per_pass = max(1, ROWS_PER_PASS // max(1, len(x)))
+        chunks = []
+        for start in range(0, k, per_pass):
+            m = min(per_pass, k - start)
+            u = torch.rand((m, *x.shape), generator=generator, dtype=x.dtype).to(x.device)
+            xm = x.expand(m, *x.shape)
+            chunks.append(self.dequant_log_prob(xm.flatten(0, 1), u.flatten(0, 1)).view(m, -1))
+        return torch.cat(chunks)
+
+    def log_prob(
+        self, x: Tensor, generator: torch.Generator | None = None, k: int | None = None
+    ) -> Tensor:
+        x = self.check_input(x)
+        return log_mean_exp(self.log_weights(x, k or self.config.dequant_samples, generator), 0)
+
+    def score(self, x: Tensor, generator: torch.Generator | None = None) -> ScoreResult:
+        x = self.check_input(x)
+        k = self.config.dequant_samples
+        lw = self.log_weights(x, k, generator)  # (k, B)
+        if k == 1:
+            return ScoreResult(lw[0], method="dequant-k=1", stderr=None)
+        w = (lw - lw.max(0, keepdim=True).values).exp()
+        # Delta method: sd(log mean w) ~= sd(w) / (sqrt(k) * mean(w)).
+        stderr = w.std(0, unbiased=True) / (math.sqrt(k) * w.mean(0))
+        return ScoreResult(log_mean_exp(lw, 0), method=f"dequant-iw-k={k}", stderr=stderr)
+
+    # -------------------------------------------------------------------------------- training
+    def forward(self, batch: Mapping[str, Tensor], phase: str = "main") -> dict[str, Tensor]:
+        x = batch["x"].to(self._dtype)
+        with data_init(self):  # ActNorm: data-dependent init on the first training batch only
+            log_px = self.dequant_log_prob(x, torch.rand_like(x))
+        nll = -log_px.mean()
+        bpd = nll.detach() / (self.num_dims * math.log(2))
+        return {"loss": nll, "nll": nll.detach(), "bpd": bpd}
+
+    # ------------------------------------------------------------------------------- inference
+    @torch.no_grad()
+    def sample_continuous(
+        self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0
+    ) -> Tensor:
+        """Draws of y ``(n, *input_shape)`` from p_y (z ~ N(0, T^2 I)). y lies in the image of
+        the logit transform, (-alpha, 1 - alpha) / (1 - 2 alpha): the unit cube when alpha = 0."""
+        param = next(self.parameters())
+        z = torch.randn((n, self.num_dims), generator=generator, dtype=param.dtype)
+        z0 = self.flow_inverse(temperature * z.to(param.device))
+        a = self.config.alpha
+        return (torch.sigmoid(z0) - a) / (1 - 2 * a)
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0
+    ) -> Tensor:
+        """Samples in the data space: x = floor(L y), clipped to 0..L-1."""
+        y = self.sample_continuous(n, generator, temperature)
+        return (y * self.levels).floor().clamp(0, self.levels - 1).float()
+
+    def embed(self, x: Tensor) -> Tensor:
+        """All latents ``(B, D)`` of x dequantised at the cell centres (u = 1/2)."""
+        x = self.check_input(x).to(self._dtype)
+        a = self.config.alpha
+        p = a + (1 - 2 * a) * (x + 0.5) / self.levels
+        return self.flow_forward(torch.logit(p))[0]
