@@ -155,6 +155,8 @@ def _sample_grid(module, spec: TrainSpec, path: Path) -> Path | None:
             n = min(16, spec.grid_samples - drawn)
             chunks.append(module.sample(n, generator=g).cpu().numpy())
             drawn += n
+    if not chunks:
+        return None
     from .images import save_grid
 
     return save_grid(np.concatenate(chunks), module.input_shape, module.levels, path)
@@ -206,7 +208,9 @@ def train_loop(cfg: dict[str, Any]) -> None:
                 data_gen.set_state(mine["data_rng"])
                 module.load_rank_state(mine["family_state"])
         adam_steps = [
-            int(s["step"]) for o in optimizers.values() for s in o.state_dict()["state"].values()
+            int(s.get("step", 0))
+            for o in optimizers.values()
+            for s in o.state_dict()["state"].values()
         ]
         state["resumes"].append(
             {
@@ -447,9 +451,17 @@ def run_training(spec: TrainSpec) -> TrainOutcome:
 
     model, ckpt_path = load_best_from_checkpoint(result.checkpoint)
     keep = ("val_log_prob", "test_log_prob", "test_bpd", "test_stderr", "best_epoch")
-    registered = register_trained(
-        spec, data, run_id, model, metrics["method"], {k: metrics[k] for k in keep}
-    )
+    client.set_tag(run_id, "checkpoint_path", ckpt_path)
+    try:
+        registered = register_trained(
+            spec, data, run_id, model, metrics["method"], {k: metrics[k] for k in keep}
+        )
+    except Exception as e:  # the checkpoint stays where it is: say where, then fail loudly
+        client.set_terminated(run_id, status="FAILED")
+        raise RuntimeError(
+            f"training finished but registering failed ({e}); the best weights are safe in "
+            f"the checkpoint {ckpt_path}"
+        ) from e
     client.set_terminated(run_id, status="FINISHED")
     grid, curve = _fetch_pictures(run_id, tracking_uri, Path(spec.output_dir) / name)
     return TrainOutcome(run_id, metrics, ckpt_path, registered, grid, curve)
