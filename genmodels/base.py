@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 Likelihood = Literal["exact", "bound", "estimate", "none"]
@@ -175,6 +176,34 @@ class GenerativeModel(nn.Module):
             "levels": self.levels,
             "config": dataclasses.asdict(self.config),
         }
+
+
+def bernoulli_log_prob(logits: Tensor, x: Tensor) -> Tensor:
+    """sum_d log Bernoulli(x_d | sigmoid(logits_d)) → ``(B,)``; ``logits`` is ``(B, D)``."""
+    target = x.flatten(1).to(logits.dtype)
+    return -F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(1)
+
+
+class BernoulliAutoregressive(GenerativeModel):
+    """A fully visible model of binary data whose ``logits(x)`` gives every p(x_d | x_<d) in
+    one pass: its exact log-likelihood and its maximum-likelihood training loss follow."""
+
+    likelihood = "exact"
+    data_kinds = ("binary",)
+    capabilities = frozenset({"log_prob"})
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Bernoulli logits ``(B, D)`` of p(x_d | x_<d), in the flattened input's order."""
+        raise NotImplementedError
+
+    def forward(self, batch: Mapping[str, Tensor], phase: str = "main") -> dict[str, Tensor]:
+        x = batch["x"].float()
+        nll = -bernoulli_log_prob(self.logits(x), x).mean()
+        return {"loss": nll, "nll": nll.detach()}
+
+    def log_prob(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        x = self.check_input(x)
+        return bernoulli_log_prob(self.logits(x), x)
 
 
 def register(cls: type[GenerativeModel]) -> type[GenerativeModel]:

@@ -15,14 +15,12 @@ dimension.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .base import BaseConfig, GenerativeModel, SearchSpec, register
+from .base import BaseConfig, BernoulliAutoregressive, SearchSpec, register
 from .layers import MaskedLinear
 
 
@@ -34,14 +32,11 @@ class FVSBNConfig(BaseConfig):
 
 
 @register
-class FVSBN(GenerativeModel):
+class FVSBN(BernoulliAutoregressive):
     """Fully visible sigmoid belief network over the raster order of the flattened input."""
 
     family = "fvsbn"
-    likelihood = "exact"
-    data_kinds = ("binary",)
     Config = FVSBNConfig
-    capabilities = frozenset({"log_prob"})
     sample_limit = 1024  # D cheap steps per batch: one (n, d) x (d,) product each
     search_space = {
         "lr": SearchSpec("loguniform", low=1e-4, high=1e-2),
@@ -57,17 +52,6 @@ class FVSBN(GenerativeModel):
     def logits(self, x: Tensor) -> Tensor:
         """Bernoulli logits ``(B, D)`` of p(x_d | x_<d) for inputs ``(B, *input_shape)``."""
         return self.linear(x.flatten(1))
-
-    def _log_prob(self, x: Tensor) -> Tensor:
-        x = x.flatten(1)
-        return -F.binary_cross_entropy_with_logits(self.logits(x), x, reduction="none").sum(1)
-
-    def forward(self, batch: Mapping[str, Tensor], phase: str = "main") -> dict[str, Tensor]:
-        nll = -self._log_prob(batch["x"].float()).mean()
-        return {"loss": nll, "nll": nll.detach()}
-
-    def log_prob(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        return self._log_prob(self.check_input(x))
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:

@@ -24,7 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import BaseConfig, GenerativeModel, SearchSpec, log_mean_exp, register
+from .base import (
+    BaseConfig,
+    GenerativeModel,
+    SearchSpec,
+    bernoulli_log_prob,
+    log_mean_exp,
+    register,
+)
 from .layers import MaskedLinear, made_degrees, made_masks
 
 
@@ -98,8 +105,7 @@ class MADE(GenerativeModel):
 
     def _log_prob_mask(self, x: Tensor, k: int) -> Tensor:
         self.set_mask(k)
-        logits = self.logits(x)
-        return -F.binary_cross_entropy_with_logits(logits, x.flatten(1), reduction="none").sum(1)
+        return bernoulli_log_prob(self.logits(x), x)
 
     def forward(self, batch: Mapping[str, Tensor], phase: str = "main") -> dict[str, Tensor]:
         x = batch["x"].float()

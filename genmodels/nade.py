@@ -16,14 +16,12 @@ sample; W and V initialised uniformly at the fan-in scale, biases at zero.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import BaseConfig, GenerativeModel, SearchSpec, register
+from .base import BaseConfig, BernoulliAutoregressive, SearchSpec, register
 
 
 @dataclass(frozen=True)
@@ -37,14 +35,11 @@ class NADEConfig(BaseConfig):
 
 
 @register
-class NADE(GenerativeModel):
+class NADE(BernoulliAutoregressive):
     """NADE with tied input weights ``W (H, D)``, output weights ``V (D, H)`` and one order."""
 
     family = "nade"
-    likelihood = "exact"
-    data_kinds = ("binary",)
     Config = NADEConfig
-    capabilities = frozenset({"log_prob"})
     sample_limit = 256
     search_space = {
         "hidden_size": SearchSpec("choice", (100, 250, 500)),
@@ -85,17 +80,6 @@ class NADE(GenerativeModel):
         h = torch.sigmoid(self.hidden_preactivations(x_ordered))  # (B, D, H)
         out = torch.einsum("bdh,dh->bd", h, self.V[self.order]) + self.b[self.order]  # ordered
         return torch.empty_like(out).index_copy_(1, self.order, out)  # back to dimension order
-
-    def _log_prob(self, x: Tensor) -> Tensor:
-        x = x.flatten(1)
-        return -F.binary_cross_entropy_with_logits(self.logits(x), x, reduction="none").sum(1)
-
-    def forward(self, batch: Mapping[str, Tensor], phase: str = "main") -> dict[str, Tensor]:
-        nll = -self._log_prob(batch["x"].float()).mean()
-        return {"loss": nll, "nll": nll.detach()}
-
-    def log_prob(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        return self._log_prob(self.check_input(x))
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:

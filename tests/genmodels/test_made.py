@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import genmodels
+from tests.genmodels.checks import assert_samples_follow_log_prob
 
 ALL_STATES = torch.tensor(list(itertools.product([0.0, 1.0], repeat=8))).view(256, 1, 2, 4)
 
@@ -86,9 +87,4 @@ def test_samples_follow_the_model():
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(3.0)
-    states = torch.tensor(list(itertools.product([0.0, 1.0], repeat=4)))
-    probs = model.log_prob(states).exp()
-    x = model.sample(20000, generator=torch.Generator().manual_seed(0))
-    idx = (x * torch.tensor([8.0, 4.0, 2.0, 1.0])).sum(1).long()
-    freq = torch.bincount(idx, minlength=16).float() / len(x)
-    assert (freq - probs).abs().max() < 0.015
+    assert_samples_follow_log_prob(model)

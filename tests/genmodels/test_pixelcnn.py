@@ -12,6 +12,7 @@ import torch
 import genmodels
 import genmodels.pixelcnn  # registers the family
 from genmodels.layers import conv_mask
+from tests.genmodels.checks import assert_samples_follow_log_prob
 
 TINY = {"channels": 8, "num_layers": 2}
 
@@ -156,14 +157,7 @@ def test_cropped_sampler_equals_full_recompute(shape, levels, config):
 def test_samples_follow_the_model():
     """Empirical frequencies of samples over the 2^4 states match exp(log_prob)."""
     model = far_from_uniform((1, 2, 2), scale=4.0)
-    states = all_states((1, 2, 2), 2)
-    probs = log_probs_of_all_states(model).exp().float()
-    assert probs.max() - probs.min() > 0.15  # not near-uniform
-    x = model.sample(20000, generator=torch.Generator().manual_seed(0))
-    idx = (x.flatten(1) * torch.tensor([8.0, 4.0, 2.0, 1.0])).sum(1).long()
-    freq = torch.bincount(idx, minlength=16).float() / len(x)
-    assert torch.equal(states.flatten(1) @ torch.tensor([8.0, 4.0, 2.0, 1.0]), torch.arange(16.0))
-    assert (freq - probs).abs().max() < 0.015
+    assert_samples_follow_log_prob(model)
 
 
 # ----------------------------------------------------------------------------------- training
