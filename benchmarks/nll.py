@@ -46,7 +46,11 @@ ENTRIES: dict[str, tuple[str, str, dict]] = {
         "fixed",
         {"latent_dim": 32, "hidden_sizes": (512, 256), "iaf_steps": 2, "lr": 3e-3},
     ),
-    "realnvp-8bit": ("realnvp", "none", {"lr": 1e-3}),
+    "realnvp-8bit": (  # the default (64 channels, 2 blocks) gets 2 epochs in 4 CPU-minutes
+        "realnvp",
+        "none",
+        {"hidden_channels": 32, "num_coupling": 2, "num_res_blocks": 1, "lr": 1e-3},
+    ),
     "pixelcnn-8bit": ("pixelcnn", "none", {"channels": 32, "num_layers": 5, "lr": 1e-3}),
 }
 
