@@ -189,8 +189,9 @@ def write_tables(rows: dict[str, dict]) -> None:
         if entry not in rows:
             continue
         r = rows[entry]
+        stderr = "—" if r["method"] == "exact" else f"{r['test_stderr']:.3f}"
         lines.append(
-            f"| {entry} | {r['test_nats']:.2f} | {r['test_bpd']:.4f} | {r['test_stderr']:.3f} | "
+            f"| {entry} | {r['test_nats']:.2f} | {r['test_bpd']:.4f} | {stderr} | "
             f"{r['method']} | {r['best_epoch'] + 1} / {r['epochs']} | {r['train_cpu_seconds']:.0f} | "
             f"{r['reference']} |"
         )
