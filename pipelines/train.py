@@ -385,6 +385,8 @@ def build_trainer(spec: TrainSpec, data, run_id: str | None, tracking_uri: str |
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    # Fail here, with the family's own message, not inside N workers: shape, data space, config.
+    genmodels.build(spec.family, tuple(data.input_shape), data.levels, **spec.model)
     cpus, threads = plan_resources(spec, ray.cluster_resources().get("CPU", 1.0))
     resources = {"CPU": cpus, **({"GPU": 1} if spec.use_gpu else {})}
     config = {

@@ -139,3 +139,14 @@ def test_sample_and_evaluate_a_registered_model(ray_session, tmp_path, capsys):
 
     assert main(["evaluate", "--model", "nope-digits", "--tracking-uri", uri]) == 2
     assert "nope-digits" in capsys.readouterr().err
+
+
+def test_family_that_cannot_model_the_data_is_a_cli_error(ray_session, tmp_path, capsys):
+    """MADE is binary-only: 17-level digits fail before any worker starts, naming the reason."""
+    code = main(
+        ["train", "--family", "made", "--dataset", "digits", "--set", "binarize=none",
+         "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
+    )  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "made models binary data; got levels=17" in err and "Traceback" not in err
