@@ -290,6 +290,25 @@ def from_export(exported: Mapping[str, Any]) -> GenerativeModel:
     )
 
 
+LOG_2PI = math.log(2 * math.pi)
+
+
+def std_normal_log_prob(z: Tensor, event_dims: int = 1) -> Tensor:
+    """log N(z; 0, I), summed over the last ``event_dims`` dimensions of ``z``."""
+    return -0.5 * (z.pow(2) + LOG_2PI).flatten(-event_dims).sum(-1)
+
+
+def importance_weighted(log_w: Tensor) -> tuple[Tensor, Tensor | None]:
+    """From ``k`` log importance weights ``(k, B)``: the estimate log (1/k) sum_i w_i and its
+    delta-method standard error sd(w) / (sqrt(k) mean(w)) (``None`` when k == 1)."""
+    k = log_w.shape[0]
+    estimate = log_mean_exp(log_w, dim=0)
+    if k == 1:
+        return estimate, None
+    w = (log_w - log_w.max(0, keepdim=True).values).exp()
+    return estimate, w.std(0, unbiased=True) / (math.sqrt(k) * w.mean(0))
+
+
 def log_mean_exp(x: Tensor, dim: int) -> Tensor:
     """log(mean(exp(x))) along ``dim``, computed stably."""
     return torch.logsumexp(x, dim=dim) - math.log(x.shape[dim])

@@ -35,7 +35,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .base import BaseConfig, GenerativeModel, ScoreResult, SearchSpec, log_mean_exp, register
+from .base import (
+    BaseConfig,
+    GenerativeModel,
+    ScoreResult,
+    SearchSpec,
+    importance_weighted,
+    log_mean_exp,
+    register,
+    std_normal_log_prob,
+)
 from .flows import (
     ActNorm,
     CheckerboardCoupling,
@@ -47,7 +56,6 @@ from .flows import (
     unsqueeze,
 )
 
-LOG_2PI = math.log(2 * math.pi)
 ROWS_PER_PASS = 1024  # rows (examples x dequantisation draws) scored in one pass
 
 
@@ -152,10 +160,6 @@ class FlatFlow(FlowSequence):
         super().__init__(steps)
 
 
-def std_normal_log_prob(z: Tensor) -> Tensor:
-    return -0.5 * (z.pow(2) + LOG_2PI).flatten(1).sum(1)
-
-
 @register
 class RealNVP(GenerativeModel):
     family = "realnvp"
@@ -209,7 +213,7 @@ class RealNVP(GenerativeModel):
     def log_density_z0(self, z0: Tensor) -> Tensor:
         """log p(z0) ``(B,)`` of the continuous flow on R^D (logit space)."""
         z, log_det = self.flow_forward(z0)
-        return std_normal_log_prob(z) + log_det
+        return std_normal_log_prob(z, event_dims=z.dim() - 1) + log_det
 
     def log_density_y(self, y: Tensor) -> Tensor:
         """log p_y(y) ``(B,)`` of dequantised data, including the logit transform's Jacobian:
@@ -249,13 +253,9 @@ class RealNVP(GenerativeModel):
     def score(self, x: Tensor, generator: torch.Generator | None = None) -> ScoreResult:
         x = self.check_input(x)
         k = self.config.dequant_samples
-        lw = self.log_weights(x, k, generator)  # (k, B)
-        if k == 1:
-            return ScoreResult(lw[0], method="dequant-k=1", stderr=None)
-        w = (lw - lw.max(0, keepdim=True).values).exp()
-        # Delta method: sd(log mean w) ~= sd(w) / (sqrt(k) * mean(w)).
-        stderr = w.std(0, unbiased=True) / (math.sqrt(k) * w.mean(0))
-        return ScoreResult(log_mean_exp(lw, 0), method=f"dequant-iw-k={k}", stderr=stderr)
+        estimate, stderr = importance_weighted(self.log_weights(x, k, generator))
+        method = "dequant-k=1" if k == 1 else f"dequant-iw-k={k}"
+        return ScoreResult(estimate, method=method, stderr=stderr)
 
     # -------------------------------------------------------------------------------- training
     def forward(self, batch: Mapping[str, Tensor], phase: str = "main") -> dict[str, Tensor]:

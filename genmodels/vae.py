@@ -21,7 +21,6 @@ in chunks to bound memory), ``embed`` = the posterior mean (of z_0: the flow's i
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -29,10 +28,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import BaseConfig, GenerativeModel, ScoreResult, SearchSpec, log_mean_exp, register
+from .base import (
+    LOG_2PI,
+    BaseConfig,
+    GenerativeModel,
+    ScoreResult,
+    SearchSpec,
+    importance_weighted,
+    log_mean_exp,
+    register,
+    std_normal_log_prob,
+)
 from .layers import MaskedLinear, made_degrees, made_masks
-
-LOG_2PI = math.log(2 * math.pi)
 
 
 def mlp(sizes: tuple[int, ...]) -> nn.Sequential:
@@ -43,10 +50,6 @@ def mlp(sizes: tuple[int, ...]) -> nn.Sequential:
         if i < len(sizes) - 2:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
-
-
-def std_normal_log_prob(z: Tensor) -> Tensor:
-    return -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
 
 
 @dataclass(frozen=True)
@@ -198,11 +201,8 @@ class VAE(GenerativeModel):
     def score(self, x: Tensor, generator: torch.Generator | None = None) -> ScoreResult:
         x = self.check_input(x)
         k = self.config.eval_k
-        lw = self.log_weights(x, k, generator)  # (k, B)
-        w = (lw - lw.max(0, keepdim=True).values).exp()
-        # Delta method: sd(log mean w) ~= sd(w) / (sqrt(k) * mean(w)).
-        stderr = w.std(0, unbiased=True) / (math.sqrt(k) * w.mean(0)) if k > 1 else None
-        return ScoreResult(log_mean_exp(lw, dim=0), method=f"iwae-k={k}", stderr=stderr)
+        estimate, stderr = importance_weighted(self.log_weights(x, k, generator))
+        return ScoreResult(estimate, method=f"iwae-k={k}", stderr=stderr)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
