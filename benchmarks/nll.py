@@ -129,25 +129,14 @@ def run_entry(entry: str, data, budget_s: float, batch_size: int, device: str, s
     }
 
 
-@torch.no_grad()
 def score(model, x: torch.Tensor, device: str, seed: int, batch: int = 250) -> dict:
+    """Mean test log-likelihood, bits/dim, stderr and method (as ``pipelines.evaluate``)."""
+    from pipelines.evaluate import accumulate_scores, summarise
+
     model.eval()
-    g = torch.Generator().manual_seed(seed)
-    lps, var, method = [], 0.0, "exact"
-    for chunk in x.split(batch):
-        res = model.score(chunk.to(device), generator=g)
-        lps.append(res.log_prob.double().cpu())
-        if res.stderr is not None:
-            var += res.stderr.double().pow(2).sum().item()
-        method = res.method
-    lp = torch.cat(lps)
-    mean = lp.mean().item()
-    return {
-        "log_prob": mean,
-        "bpd": -mean / (model.num_dims * math.log(2)),
-        "stderr": math.sqrt(var) / len(lp),
-        "method": method,
-    }
+    batches = (chunk.to(device) for chunk in x.split(batch))
+    sums = accumulate_scores(model, batches, torch.Generator().manual_seed(seed))
+    return summarise(*sums, num_dims=model.num_dims)
 
 
 @torch.no_grad()

@@ -43,8 +43,6 @@ import genmodels
 from . import registry
 from .evaluate import accumulate_scores, summarise
 
-LN2 = math.log(2.0)
-
 
 @dataclass
 class TrainSpec:
