@@ -1,15 +1,22 @@
-"""Held-out log-likelihood of every likelihood family under one CPU budget per family.
+"""Held-out log-likelihood and sample quality of every family under one CPU budget per family.
 
 Each family trains on the bundled MNIST subset (4,000 train / 500 validation / 500 test digits;
 fixed binarisation for binary families, 8-bit values for ``*-8bit`` entries) with a plain PyTorch
-loop for ``--budget`` CPU-seconds (this process, all threads), is evaluated on the validation split after every epoch (the best
-weights kept: model selection on validation), and is scored ONCE on the test split at the end
-with the family's own method (exact, IWAE-k, dequantisation). Results accumulate in
-``benchmarks/results/nll.json`` (one row per entry, re-running an entry replaces its row) and
-``nll.md``; a sample grid per entry goes to ``docs/img/<entry>.png``.
+loop for ``--budget`` CPU-seconds (this process, all threads), is evaluated on the validation
+split after every epoch (the best weights kept: model selection on validation — the
+log-likelihood, or the yardstick's Fréchet distance for a family without one), and is scored ONCE
+on the test split at the end: with the family's own method (exact, IWAE-k, dequantisation, AIS)
+where it has a likelihood, and for every family with the sample-quality yardstick
+(``pipelines.quality``: FD of a fixed classifier's features between 500 samples and the 500 test
+digits, mean confidence, class coverage). Boltzmann machines settle log Z once (AIS with their
+final settings, named in ``method``) before the test split. Each entry writes
+``benchmarks/results/nll/<entry>.json`` (so entries can run in parallel processes), merged into
+``nll.json`` and ``nll.md``; a sample grid per entry goes to ``docs/img/<entry>.png``, its best
+weights to ``benchmarks/results/models/`` (git-ignored; ``--yardstick-only`` re-scores them).
 
-    python benchmarks/nll.py                         # every entry (~4 min each on 2 cores)
+    python benchmarks/nll.py                         # every entry (~4-5 min each on 2 cores)
     python benchmarks/nll.py --family made --budget 60
+    python benchmarks/nll.py --family gan --threads 1 & python benchmarks/nll.py --family aae --threads 1
     python benchmarks/nll.py --data /data/mnist/ --device cuda --budget 3600   # full data, GPU
 
 ``--data`` takes any source ``pipelines.data.load_dataset`` reads (IDX files, NPZ, Parquet,
@@ -32,6 +39,8 @@ import genmodels
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
+ROWS = RESULTS / "nll"
+MODELS = RESULTS / "models"
 IMG = ROOT.parent / "docs" / "img"
 
 # entry -> (family, binarize, config). Sizes are chosen for the 4,000-digit training split.
@@ -52,6 +61,12 @@ ENTRIES: dict[str, tuple[str, str, dict]] = {
         {"hidden_channels": 32, "num_coupling": 2, "num_res_blocks": 1, "lr": 1e-3},
     ),
     "pixelcnn-8bit": ("pixelcnn", "none", {"channels": 32, "num_layers": 5, "lr": 1e-3}),
+    "rbm": ("rbm", "fixed", {}),
+    "dbm": ("dbm", "fixed", {}),
+    "avb": ("avb", "fixed", {}),
+    "gan": ("gan", "fixed", {}),
+    "aae": ("aae", "fixed", {}),
+    "gsn": ("gsn", "fixed", {}),
 }
 
 # Published full-MNIST references (60,000 training digits; binarised unless said otherwise).
@@ -62,13 +77,18 @@ REFERENCES = {
     "vae": "<= 86.76 nats ELBO; IWAE 84.78 (Burda et al. 2015, k=5000 eval)",
     "vae-iaf": "79.88 nats (Kingma et al. 2016, ResNet VAE + IAF)",
     "realnvp-8bit": "~1.06 bits/dim (8-bit MNIST, reported by later flow papers)",
+    "rbm": "86.34 nats (Salakhutdinov & Murray 2008, CD-25, 500 hidden, AIS)",
+    "dbm": "84.62 nats (Salakhutdinov & Hinton 2009, 500-1000 hidden, AIS)",
 }
 
 
-def run_entry(entry: str, data, budget_s: float, batch_size: int, device: str, seed: int) -> dict:
+def run_entry(
+    entry: str, data, yardstick, budget_s: float, batch_size: int, device: str, seed: int
+) -> dict:
     family, _, config = ENTRIES[entry]
     torch.manual_seed(seed)
     model = genmodels.build(family, data.input_shape, data.levels, **config).to(device)
+    has_likelihood = model.likelihood != "none"
     opt = model.configure_optimizers()
     x_train = torch.from_numpy(data.numpy("train")[0])
     x_val = torch.from_numpy(data.numpy("validation")[0])
@@ -76,13 +96,15 @@ def run_entry(entry: str, data, budget_s: float, batch_size: int, device: str, s
     g = torch.Generator().manual_seed(seed)
     best = (-math.inf, None, -1)
     # The budget is CPU time of this process (all threads), not wall time: fair between entries
-    # on a shared, noisy machine.
-    start, cpu0, epoch, steps = time.monotonic(), time.process_time(), 0, 0
+    # on a shared, noisy machine. Validation (AIS for Boltzmann machines, sampling for the
+    # yardstick) is not counted.
+    start, epoch, steps, spent = time.monotonic(), 0, 0, 0.0
     curve = []
-    while time.process_time() - cpu0 < budget_s:
+    while spent < budget_s:
         model.train()
+        cpu0 = time.process_time()
         for idx in torch.randperm(len(x_train), generator=g).split(batch_size):
-            if time.process_time() - cpu0 >= budget_s:
+            if spent + time.process_time() - cpu0 >= budget_s:
                 break
             batch = {"x": x_train[idx].to(device)}
             for phase in model.phases:
@@ -90,43 +112,82 @@ def run_entry(entry: str, data, budget_s: float, batch_size: int, device: str, s
                 model(batch, phase=phase)["loss"].backward()
                 opt[phase].step()
             steps += 1
-        val = score(model, x_val, device, seed)["log_prob"]
+        spent += time.process_time() - cpu0
+        model.prepare_scoring(torch.Generator().manual_seed(seed + 4242), final=False)
+        if has_likelihood:
+            val = score(model, x_val, device, seed)["log_prob"]
+        else:
+            val = -yardstick.evaluate(model, "validation", seed=seed)[0]["yardstick_fd"]
         curve.append(val)
         if val > best[0]:
             best = (val, copy.deepcopy(model.state_dict()), epoch)
-        used = time.process_time() - cpu0
-        print(f"{entry}: epoch {epoch} val {val:.2f} nats ({used:.0f} CPU s)", flush=True)
+        what = "nats" if has_likelihood else "= -FD"
+        print(f"{entry}: epoch {epoch} val {val:.2f} {what} ({spent:.0f} CPU s)", flush=True)
         epoch += 1
     model.load_state_dict(best[1])
     t_test = time.monotonic()
-    test = score(model, x_test, device, seed + 1)
+    settled = model.prepare_scoring(torch.Generator().manual_seed(seed + 4343), final=True)
+    save_weights(model, entry)
+    test = score(model, x_test, device, seed + 1) if has_likelihood else None
+    test_seconds = round(time.monotonic() - t_test, 1)
+    quality = yardstick.evaluate(model, "test", seed=seed + 1)[0]
     grid = sample_grid(model, entry, device, seed)
     speedup = sampling_speedup(model, seed) if family == "pixelcnn" else None
-    return {
+    row = {
         "entry": entry,
         "family": family,
+        "likelihood": model.likelihood,
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
         "levels": data.levels,
         "dataset": data.name,
         "fingerprint": data.fingerprint,
-        "train_cpu_seconds": round(time.process_time() - cpu0, 1),
+        "train_cpu_seconds": round(spent, 1),
         "train_wall_seconds": round(time.monotonic() - start, 1),
         "epochs": epoch,
         "steps": steps,
         "best_epoch": best[2],
-        "val_log_prob": best[0],
-        "test_log_prob": test["log_prob"],
-        "test_nats": -test["log_prob"],
-        "test_bpd": test["bpd"],
-        "test_stderr": test["stderr"],
-        "method": test["method"],
-        "test_seconds": round(time.monotonic() - t_test, 1),
+        "val_score": best[0],
         "val_curve": curve,
+        "settled": {k: v for k, v in settled.items() if isinstance(v, int | float | str)},
+        "test_seconds": test_seconds,
+        **quality,
+        "yardstick_method": yardstick.method,
         "grid": str(grid.relative_to(ROOT.parent)) if grid else None,
         "reference": REFERENCES.get(entry, ""),
         "sampling": speedup,
         "device": device,
     }
+    if test is not None:
+        row.update(
+            val_log_prob=best[0],
+            test_log_prob=test["log_prob"],
+            test_nats=-test["log_prob"],
+            test_bpd=test["bpd"],
+            test_stderr=test["stderr"],
+            method=test["method"],
+        )
+    else:
+        row["method"] = "none"
+    return row
+
+
+def save_weights(model, entry: str) -> None:
+    from safetensors.torch import save_file
+
+    MODELS.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(MODELS / f"{entry}.safetensors"))
+    (MODELS / f"{entry}.json").write_text(json.dumps(model.export_config()))
+
+
+def yardstick_only(entry: str, yardstick, seed: int) -> dict:
+    """Re-score an entry's saved best weights with the yardstick (no training)."""
+    from safetensors.torch import load_file
+
+    model = genmodels.from_export(json.loads((MODELS / f"{entry}.json").read_text()))
+    model.load_state_dict(load_file(str(MODELS / f"{entry}.safetensors")))
+    quality = yardstick.evaluate(model.eval(), "test", seed=seed + 1)[0]
+    return {**quality, "yardstick_method": yardstick.method}
 
 
 def score(model, x: torch.Tensor, device: str, seed: int, batch: int = 250) -> dict:
@@ -166,23 +227,56 @@ def sample_grid(model, entry: str, device: str, seed: int, n: int = 64, cap_s: f
     return save_grid(np.concatenate(chunks), model.input_shape, model.levels, IMG / f"{entry}.png")
 
 
+def load_rows() -> dict[str, dict]:
+    rows = {}
+    legacy = RESULTS / "nll.json"  # rows written before per-entry files existed
+    if legacy.exists():
+        rows.update(json.loads(legacy.read_text()))
+    for f in sorted(ROWS.glob("*.json")) if ROWS.exists() else []:
+        rows[f.stem] = json.loads(f.read_text())
+    return rows
+
+
+def save_row(row: dict) -> None:
+    ROWS.mkdir(parents=True, exist_ok=True)
+    (ROWS / f"{row['entry']}.json").write_text(json.dumps(row, indent=2, sort_keys=True))
+
+
 def write_tables(rows: dict[str, dict]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "nll.json").write_text(json.dumps(rows, indent=2, sort_keys=True))
     lines = [
-        "| entry | test nats/example | bits/dim | ± stderr | method | best epoch / epochs | "
-        "train CPU s | published (full MNIST) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| entry | test nats/example | bits/dim | ± stderr | method | FD ↓ | confidence | "
+        "coverage | best epoch / epochs | train CPU s | published (full MNIST) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for entry in ENTRIES:
         if entry not in rows:
             continue
         r = rows[entry]
-        stderr = "—" if r["method"] == "exact" else f"{r['test_stderr']:.3f}"
+        if "test_nats" in r:
+            stderr = "—" if r["method"] == "exact" else f"{r['test_stderr']:.3f}"
+            lik = f"{r['test_nats']:.2f} | {r['test_bpd']:.4f} | {stderr} | {r['method']}"
+        else:
+            lik = "— | — | — | none (no likelihood)"
+        if "yardstick_fd" in r:
+            q = (
+                f"{r['yardstick_fd']:.2f} | {r['yardstick_confidence']:.3f} | "
+                f"{r['yardstick_coverage']:.3f}"
+            )
+        else:
+            q = "— | — | —"
         lines.append(
-            f"| {entry} | {r['test_nats']:.2f} | {r['test_bpd']:.4f} | {stderr} | "
-            f"{r['method']} | {r['best_epoch'] + 1} / {r['epochs']} | {r['train_cpu_seconds']:.0f} | "
-            f"{r['reference']} |"
+            f"| {entry} | {lik} | {q} | {r['best_epoch'] + 1} / {r['epochs']} | "
+            f"{r['train_cpu_seconds']:.0f} | {r['reference']} |"
+        )
+    real = rows.get("_real")
+    if real:
+        lines.append(
+            f"\nYardstick floor: real validation digits vs the test digits score FD "
+            f"{real['yardstick_fd']:.2f} (confidence {real['yardstick_confidence']:.3f}, "
+            f"coverage {real['yardstick_coverage']:.3f}); yardstick: {real['yardstick_method']}, "
+            f"classifier validation accuracy {real['classifier_val_accuracy']:.3f}."
         )
     for entry, r in rows.items():
         if r.get("sampling"):
@@ -195,6 +289,25 @@ def write_tables(rows: dict[str, dict]) -> None:
     print("\n".join(lines))
 
 
+def real_floor(yardstick) -> dict:
+    """The yardstick of real data: validation digits in place of samples (the best achievable)."""
+    from genmodels.quality import sample_quality
+
+    ref = yardstick.reference
+    q = sample_quality(
+        yardstick.classifier,
+        torch.as_tensor(ref["validation"]).float(),
+        torch.as_tensor(ref["test"]).float(),
+    )
+    acc = yardstick.info.get("val_accuracy", float("nan"))
+    return {
+        "entry": "_real",
+        **{f"yardstick_{k}": v for k, v in q.as_dict().items()},
+        "yardstick_method": yardstick.method,
+        "classifier_val_accuracy": acc,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--family", action="append", help="entry to run (repeatable); default all")
@@ -204,6 +317,9 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--yardstick-only", action="store_true", help="re-score saved weights, no training"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     entries = args.family or list(ENTRIES)
@@ -217,14 +333,23 @@ def main() -> None:
     import ray
 
     from pipelines.data import load_dataset
+    from pipelines.quality import yardstick_for
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    path = RESULTS / "nll.json"
-    rows = json.loads(path.read_text()) if path.exists() else {}
+    rows = load_rows()
     for entry in entries:
         data = load_dataset(args.data, binarize=ENTRIES[entry][1], seed=args.seed)
-        rows[entry] = run_entry(entry, data, args.budget, args.batch_size, args.device, args.seed)
-        write_tables(rows)
+        yardstick = yardstick_for(data, seed=args.seed)
+        if data.levels == 2:
+            save_row(real_floor(yardstick))
+        if args.yardstick_only:
+            row = {**rows[entry], **yardstick_only(entry, yardstick, args.seed)}
+        else:
+            row = run_entry(
+                entry, data, yardstick, args.budget, args.batch_size, args.device, args.seed
+            )
+        save_row(row)
+        write_tables(load_rows())
     ray.shutdown()
 
 

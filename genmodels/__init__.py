@@ -6,7 +6,8 @@
 >>> model.log_prob(x)                        # (4,) nats, exact
 """
 
-from . import fvsbn, made, nade, pixelcnn, realnvp, vae  # noqa: F401  (importing a family module registers it)
+# Importing a family module registers it.
+from . import aae, avb, dbm, fvsbn, gan, gsn, made, nade, pixelcnn, rbm, realnvp, vae  # noqa: F401
 from .base import (
     BaseConfig,
     GenerativeModel,

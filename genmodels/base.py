@@ -46,11 +46,16 @@ class ScoreResult:
         log_prob: ``(B,)`` log-likelihood in nats per example (exact, a bound or an estimate).
         method: how it was computed, e.g. ``"exact"`` or ``"iwae-k=100"``.
         stderr: ``(B,)`` standard error of an estimate, or ``None`` for an exact value.
+        shared_stderr: the part of the error common to every example (e.g. the standard error of
+            an AIS estimate of log Z, which shifts every score together): it does not average out
+            over a dataset, so ``pipelines.evaluate`` adds it to the mean's error undivided. It is
+            already included in ``stderr``.
     """
 
     log_prob: Tensor
     method: str
     stderr: Tensor | None = None
+    shared_stderr: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,19 @@ class GenerativeModel(nn.Module):
 
     def load_rank_state(self, state: Mapping[str, Tensor]) -> None:
         """Restore what ``rank_state`` returned."""
+
+    def prepare_scoring(
+        self, generator: torch.Generator | None = None, final: bool = False
+    ) -> dict[str, Any]:
+        """Work that scoring needs once per set of weights, e.g. an AIS estimate of log Z.
+
+        The pipelines call it before every validation (``final=False``: cheaper settings) and
+        once before the test split and registration (``final=True``: the published settings);
+        what it computes must live in buffers so it is saved with the weights and a registered
+        version scores without redoing it. Returns what it settled (logged with the run), e.g.
+        ``{"log_z": ..., "log_z_stderr": ..., "ais_chains": ...}``. Default: nothing to do.
+        """
+        return {}
 
     # ------------------------------------------------------------------------------- inference
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:

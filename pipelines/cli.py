@@ -127,10 +127,19 @@ def cmd_families(args) -> int:
 
 
 def _print_outcome(kind: str, family: str, metrics: dict, registered, grid=None) -> None:
-    print(
-        f"{kind} {family}: test log p = {metrics['test_log_prob']:.2f} nats/example "
-        f"({metrics['test_bpd']:.4f} bits/dim, {metrics.get('method', '')})"
-    )
+    if "test_log_prob" in metrics:
+        print(
+            f"{kind} {family}: test log p = {metrics['test_log_prob']:.2f} nats/example "
+            f"({metrics['test_bpd']:.4f} bits/dim, {metrics.get('method', '')})"
+        )
+    else:
+        print(f"{kind} {family}: no likelihood (family {family!r}); sample quality below")
+    if "yardstick_fd" in metrics:
+        print(
+            f"sample quality (yardstick, test split): FD {metrics['yardstick_fd']:.3f}, "
+            f"confidence {metrics['yardstick_confidence']:.3f}, "
+            f"coverage {metrics['yardstick_coverage']:.3f}"
+        )
     if registered is not None:
         promoted = "promoted to champion" if registered.promoted else "not promoted"
         print(
@@ -189,8 +198,32 @@ def cmd_evaluate(args) -> int:
     )
     if args.dataset is None and data.fingerprint != meta.get("fingerprint"):
         print("warning: the dataset's fingerprint differs from the one the model was trained on")
+    head = {"model": args.model, "version": info["version"], "split": args.split}
+    if args.parzen:
+        from .evaluate import parzen_split
+
+        res = parzen_split(model, data, args.parzen, args.split, seed=args.seed, progress=True)
+        res.pop("val_scores", None)
+        print(json.dumps({**head, **res}, default=float))
+        return 0
+    if args.yardstick:
+        from .quality import yardstick_for
+
+        yardstick = yardstick_for(data)
+        if yardstick is None:
+            raise CLIError(f"dataset {data.name!r} has no labels: no yardstick classifier")
+        if args.split not in yardstick.reference:
+            raise CLIError(f"bad value {args.split!r} for --split with --yardstick")
+        quality, _ = yardstick.evaluate(model, args.split, seed=args.seed)
+        print(json.dumps({**head, **quality, "method": yardstick.method}))
+        return 0
+    if model.likelihood == "none":
+        raise CLIError(
+            f"{args.model} ({model.family}) has no likelihood: use --yardstick (sample quality) "
+            "or --parzen N (the papers' Parzen-window estimate)"
+        )
     res = evaluate_split(model, data, args.split, seed=args.seed, progress=True)
-    print(json.dumps({"model": args.model, "version": info["version"], "split": args.split, **res}))
+    print(json.dumps({**head, **res}))
     return 0
 
 
@@ -298,6 +331,16 @@ def make_parser() -> argparse.ArgumentParser:
     common(sp, model_ref=True)
     sp.add_argument("--dataset", help="default: the dataset it was trained on")
     sp.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    how = sp.add_mutually_exclusive_group()
+    how.add_argument(
+        "--yardstick", action="store_true", help="sample quality (FD, confidence, coverage)"
+    )
+    how.add_argument(
+        "--parzen",
+        type=int,
+        metavar="N",
+        help="Parzen-window estimate from N samples (labelled; not the model's likelihood)",
+    )
     sp.set_defaults(fn=cmd_evaluate)
     sp = sub.add_parser("sample", help="draw samples from a registered model")
     common(sp, model_ref=True)

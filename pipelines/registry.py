@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 import genmodels
 
 CHAMPION = "champion"
-VAL_METRIC = "val_log_prob"  # higher is better
+VAL_METRIC = "val_score"  # higher is better: val log-likelihood, or -FD for a family without one
 PYFUNC_CODE = str(Path(__file__).with_name("pyfunc_model.py"))
 
 
@@ -125,14 +125,18 @@ def register_model(
     meta: dict[str, Any],
     metrics: dict[str, float],
     name: str | None = None,
+    artifacts: dict[str, str] | None = None,
 ) -> Registered:
     """Log ``model`` to ``run_id`` as a pyfunc, register a new version, maybe promote it.
 
     Args:
         meta: dataset facts stored with the model: ``dataset``, ``fingerprint``, ``preprocessing``,
             ``method`` (likelihood method), ...
-        metrics: at least ``val_log_prob`` where the family has a likelihood; test metrics too.
+        metrics: at least ``val_score`` (the selection metric: validation log-likelihood, or
+            -FD of the yardstick for a family without one); test and yardstick metrics too.
         name: registered model name; default ``<family>-<dataset>``.
+        artifacts: extra files stored with the version (e.g. ``yardstick_samples``: the samples
+            its sample-quality metrics were computed from, drawn once per version).
     """
     import mlflow
 
@@ -145,7 +149,7 @@ def register_model(
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=PYFUNC_CODE,
-                artifacts={"weights": str(weights), "spec": str(spec)},
+                artifacts={"weights": str(weights), "spec": str(spec), **(artifacts or {})},
                 registered_model_name=name,
                 pip_requirements=[f"genmodels=={genmodels.__version__}"],
             )
@@ -164,6 +168,8 @@ def register_model(
         "run_id": run_id,
         **{f"metric.{k}": repr(float(v)) for k, v in metrics.items()},
     }
+    if meta.get("yardstick_method"):
+        tags["yardstick_method"] = meta["yardstick_method"]
     for key, value in tags.items():
         c.set_model_version_tag(name, version, key, value)
     promoted, reason = promote_if_better(tracking_uri, name, version)
@@ -172,6 +178,8 @@ def register_model(
 
 def _version_metric(mv, key: str = VAL_METRIC) -> float | None:
     value = mv.tags.get(f"metric.{key}")
+    if value is None and key == VAL_METRIC:  # versions registered before val_score existed
+        value = mv.tags.get("metric.val_log_prob")
     return float(value) if value is not None else None
 
 

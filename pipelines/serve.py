@@ -317,6 +317,15 @@ class GenModelsServer:
             "likelihood": tags.get("likelihood"),
             "method": tags.get("method"),
             "metrics": {k: (m if math.isfinite(m) else None) for k, m in metrics.items()},
+            "sample_quality": (
+                {
+                    k: metrics.get(f"yardstick_{k}")
+                    for k in ("fd", "confidence", "coverage", "num_samples")
+                }
+                | {"method": tags.get("yardstick_method")}
+                if "yardstick_fd" in metrics
+                else None
+            ),
             "input_shape": list(shape) if shape else None,
             "levels": levels,
             "data_space": _data_space(levels),

@@ -70,6 +70,8 @@ class TrainSpec:
     max_failures: int = 1
     grid_samples: int = 64
     grid_time_s: float = 30.0
+    yardstick: bool = True  # sample-quality yardstick (needs labels); selects "none" families
+    yardstick_samples: int = 1000  # the most held-out examples it compares against (per split)
     register: bool = True
     registered_name: str | None = None
     sync_gradients: bool = True
@@ -87,6 +89,7 @@ class TrainSpec:
             "binarize": self.binarize in ("fixed", "dynamic", "none"),
             "max_failures": self.max_failures >= 0,
             "grid_samples": self.grid_samples >= 0,
+            "yardstick_samples": self.yardstick_samples >= 2,
         }
         for key, ok in checks.items():
             if not ok:
@@ -126,12 +129,57 @@ def _score_split(module, shard, spec: TrainSpec, device, seed: int) -> dict[str,
     """Score this rank's shard, all-reduce the sums over ranks → means (see ``evaluate``)."""
     module.eval()
     batches = (b["x"] for b in shard.iter_torch_batches(batch_size=spec.batch_size, device=device))
-    total, var, count, method = accumulate_scores(
+    total, var, count, method, shared = accumulate_scores(
         module, batches, torch.Generator().manual_seed(seed)
     )
-    total, var, count = _all_reduce([total, var, count], device)
+    total, var, count, shared = _all_reduce([total, var, count, shared], device)
     module.train()
-    return summarise(total, var, count, method, module.num_dims)
+    return summarise(total, var, count, method, shared, num_dims=module.num_dims)
+
+
+def _from_rank0(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (a picklable object; rank 0 computed it alone)."""
+    if dist.is_available() and dist.is_initialized():
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return value
+
+
+def _numeric(info: dict[str, Any], prefix: str) -> dict[str, float]:
+    return {
+        f"{prefix}{k}": float(v)
+        for k, v in info.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+def _validate(module, shard, spec: TrainSpec, device, yardstick, rank: int) -> dict[str, Any]:
+    """This epoch's validation: ``val_score`` (higher is better; the selection metric) and the
+    metrics behind it — the log-likelihood where the family has one, else the yardstick's FD."""
+    info = module.prepare_scoring(torch.Generator().manual_seed(spec.seed + 4242), final=False)
+    out: dict[str, Any] = _numeric(info, "val_scoring_")
+    if module.likelihood != "none":
+        val = _score_split(module, shard, spec, device, seed=spec.seed + 12345)
+        out.update(val_log_prob=val["log_prob"], val_bpd=val["bpd"], val_score=val["log_prob"])
+    elif yardstick is not None:
+        q = None
+        if rank == 0:
+            q, _ = yardstick.evaluate(module, "validation", seed=spec.seed + 12345)
+            module.train()
+        q = _from_rank0(q)
+        out.update({f"val_{k[len('yardstick_') :]}": v for k, v in q.items()})
+        out["val_score"] = -q["yardstick_fd"]
+    else:  # nothing to select on: keep the latest weights
+        out["val_score"] = math.nan
+    return out
+
+
+def _state_digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        h.update(key.encode() + tensors[key].detach().cpu().double().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _params_digest(module) -> str:
@@ -205,16 +253,22 @@ def train_loop(cfg: dict[str, Any]) -> None:
                 torch.set_rng_state(mine["torch_rng"])
                 data_gen.set_state(mine["data_rng"])
                 module.load_rank_state(mine["family_state"])
-        adam_steps = [
-            int(s.get("step", 0))
-            for o in optimizers.values()
-            for s in o.state_dict()["state"].values()
-        ]
+        opt_steps = {
+            phase: max((int(v.get("step", 0)) for v in o.state_dict()["state"].values()), default=0)
+            for phase, opt in optimizers.items()
+            for o in [opt]
+        }
+        # Each rank restored its own family state (e.g. persistent chains): gather their digests.
+        digests = [_state_digest(module.rank_state())] * world
+        if dist.is_available() and dist.is_initialized():
+            dist.all_gather_object(digests, digests[0])
         state["resumes"].append(
             {
                 "epoch": state["epoch"],
                 "steps": state["steps"],
-                "opt_step": max(adam_steps, default=0),
+                "opt_step": max(opt_steps.values(), default=0),
+                "opt_steps": opt_steps,
+                "rank_state_sha256": digests,
             }
         )
         if rank == 0:
@@ -223,6 +277,12 @@ def train_loop(cfg: dict[str, Any]) -> None:
     mlflow_client = None
     if rank == 0 and cfg.get("run_id"):
         mlflow_client = registry.client(cfg["tracking_uri"])
+
+    yardstick = None
+    if cfg.get("yardstick") is not None:
+        from .quality import Yardstick
+
+        yardstick = Yardstick.from_payload(cfg["yardstick"])
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("validation")
@@ -256,10 +316,11 @@ def train_loop(cfg: dict[str, Any]) -> None:
             if spec.fail_at_epoch == epoch and rank == world - 1 and spec.fail_marker:
                 _die_once(Path(spec.fail_marker), epoch)
         train_time = time.monotonic() - t0
-        val = _score_split(module, val_shard, spec, device, seed=spec.seed + 12345)
-        improved = val["log_prob"] > state["best_val"]
+        val = _validate(module, val_shard, spec, device, yardstick, rank)
+        score = val["val_score"]
+        improved = math.isnan(score) or score > state["best_val"]
         if improved:
-            state.update(best_val=val["log_prob"], best_epoch=epoch, bad_epochs=0)
+            state.update(best_val=score, best_epoch=epoch, bad_epochs=0)
             best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
         else:
             state["bad_epochs"] += 1
@@ -267,23 +328,30 @@ def train_loop(cfg: dict[str, Any]) -> None:
         metrics = {
             "epoch": epoch,
             "train_loss": train_loss / world,
-            "val_log_prob": val["log_prob"],
-            "val_bpd": val["bpd"],
-            "best_val_log_prob": state["best_val"],
+            **val,
+            "best_val_score": state["best_val"],
             "steps": state["steps"],
             "train_examples": seen,
             "train_time_s": train_time,
             "epoch_time_s": time.monotonic() - t0,
         }
-        state["history"].append({k: metrics[k] for k in ("epoch", "train_loss", "val_log_prob")})
+        if "val_log_prob" in val:
+            metrics["best_val_log_prob"] = state["best_val"]
+        state["history"].append({k: metrics[k] for k in ("epoch", "train_loss", "val_score")})
         state["epoch"] = epoch + 1
         state["stopped"] = state["bad_epochs"] >= spec.patience
         _report_with_checkpoint(module, optimizers, best_state, state, metrics, rank, data_gen)
         if rank == 0:
+            shown = (
+                f"val log p {val['val_log_prob']:.3f} nats ({val['val_bpd']:.4f} bits/dim)"
+                if "val_log_prob" in val
+                else f"val FD {val['val_fd']:.3f}"
+                if "val_fd" in val
+                else "no validation metric"
+            )
             print(
                 f"[genmodels] epoch {epoch + 1}/{spec.epochs} loss {metrics['train_loss']:.3f} "
-                f"val log p {val['log_prob']:.3f} nats ({val['bpd']:.4f} bits/dim) "
-                f"{metrics['epoch_time_s']:.1f}s{' *' if improved else ''}",
+                f"{shown} {metrics['epoch_time_s']:.1f}s{' *' if improved else ''}",
                 flush=True,
             )
             if mlflow_client is not None:  # one batched write per epoch
@@ -298,28 +366,49 @@ def train_loop(cfg: dict[str, Any]) -> None:
     if dist.is_available() and dist.is_initialized():
         dist.all_gather_object(nodes, nodes[0])
 
-    # The test split, once, with the best weights.
+    # The test split, once, with the best weights (log Z & co. settled with the final settings).
     module.load_state_dict(best_state)
-    test = _score_split(module, ray.train.get_dataset_shard("test"), spec, device, spec.seed + 999)
-    final = {
+    settled = module.prepare_scoring(torch.Generator().manual_seed(spec.seed + 4343), final=True)
+    best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+    final: dict[str, Any] = {
         "epoch": state["epoch"] - 1,
         "best_epoch": state["best_epoch"],
-        "best_val_log_prob": state["best_val"],
-        "val_log_prob": state["best_val"],
-        "test_log_prob": test["log_prob"],
-        "test_bpd": test["bpd"],
-        "test_stderr": test["stderr"],
-        "test_count": test["count"],
-        "method": test["method"],
+        "best_val_score": state["best_val"],
+        "val_score": state["best_val"],
         "steps": state["steps"],
         "stopped_early": state["stopped"],
         "resumes": json.dumps(state["resumes"]),
         "worker_nodes": json.dumps(nodes),
+        **_numeric(settled, "scoring_"),
     }
+    if module.likelihood != "none":
+        test = _score_split(
+            module, ray.train.get_dataset_shard("test"), spec, device, spec.seed + 999
+        )
+        final.update(
+            val_log_prob=state["best_val"],
+            best_val_log_prob=state["best_val"],
+            test_log_prob=test["log_prob"],
+            test_bpd=test["bpd"],
+            test_stderr=test["stderr"],
+            test_count=test["count"],
+            method=test["method"],
+        )
+    extra: dict[str, np.ndarray] = {}
+    if yardstick is not None:
+        quality = None
+        if rank == 0:  # drawn once; the samples travel with the checkpoint to the registry
+            quality, extra["yardstick_samples"] = yardstick.evaluate(
+                module, "test", seed=spec.seed + 999
+            )
+        final.update(_from_rank0(quality))
+        final["yardstick_method"] = yardstick.method
+    if module.likelihood == "none":
+        final["method"] = yardstick.method if yardstick is not None else "none"
     if rank == 0 and mlflow_client is not None:
         _log_pictures(module, spec, state, mlflow_client, cfg["run_id"])
     # A checkpoint rides along so ``Result.metrics`` (the latest checkpointed report) is this one.
-    _report_with_checkpoint(module, optimizers, best_state, state, final, rank, data_gen)
+    _report_with_checkpoint(module, optimizers, best_state, state, final, rank, data_gen, extra)
 
 
 def _die_once(marker: Path, epoch: int) -> None:
@@ -330,10 +419,14 @@ def _die_once(marker: Path, epoch: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)  # a real worker death, not an exception
 
 
-def _report_with_checkpoint(module, optimizers, best_state, state, metrics, rank, data_gen):
+def _report_with_checkpoint(
+    module, optimizers, best_state, state, metrics, rank, data_gen, extra=None
+):
     import ray.train
 
     with tempfile.TemporaryDirectory() as tmp:
+        for name, array in (extra or {}).items():  # e.g. the yardstick's samples (rank 0)
+            np.save(Path(tmp) / f"{name}.npy", array, allow_pickle=False)
         if rank == 0:
             torch.save(
                 {
@@ -351,6 +444,7 @@ def _report_with_checkpoint(module, optimizers, best_state, state, metrics, rank
                 "data_rng": data_gen.get_state(),
                 "params_sha256": _params_digest(module),
                 "family_state": module.rank_state(),
+                "family_state_sha256": _state_digest(module.rank_state()),
             },
             Path(tmp) / f"rank{rank}.pt",
         )
@@ -368,17 +462,23 @@ def _log_pictures(module, spec: TrainSpec, state, mlflow_client, run_id: str) ->
         curve = save_curves(
             {
                 "train -loss": [-h["train_loss"] for h in hist],
-                "val log p": [h["val_log_prob"] for h in hist],
+                ("val log p" if module.likelihood != "none" else "val -FD"): [
+                    h["val_score"] for h in hist
+                ],
             },
             Path(tmp) / "learning_curve.png",
-            title=f"{spec.family} on {spec.dataset} (nats)",
+            title=f"{spec.family} on {spec.dataset}"
+            + (" (nats)" if module.likelihood != "none" else " (-FD: yardstick)"),
         )
         mlflow_client.log_artifact(run_id, str(curve))
 
 
 # --------------------------------------------------------------------------- driver side
-def build_trainer(spec: TrainSpec, data, run_id: str | None, tracking_uri: str | None, **run_kw):
-    """The ``TorchTrainer`` for ``spec`` over the loaded dataset ``data``."""
+def build_trainer(
+    spec: TrainSpec, data, run_id: str | None, tracking_uri: str | None, yardstick=None, **run_kw
+):
+    """The ``TorchTrainer`` for ``spec`` over the loaded dataset ``data`` (``yardstick``: a
+    ``pipelines.quality.Yardstick`` the workers use for sample quality, or ``None``)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -397,6 +497,7 @@ def build_trainer(spec: TrainSpec, data, run_id: str | None, tracking_uri: str |
         "torch_threads": threads,
         "run_id": run_id,
         "tracking_uri": tracking_uri,
+        "yardstick": yardstick.payload() if yardstick is not None else None,
     }
     run_config = RunConfig(
         name=run_kw.pop("name", spec.run_name),
@@ -438,24 +539,42 @@ def run_training(spec: TrainSpec) -> TrainOutcome:
     client.set_tag(run_id, "dataset_fingerprint", data.fingerprint)
     client.set_tag(run_id, "preprocessing", json.dumps(data.preprocessing, sort_keys=True))
     try:
-        trainer = build_trainer(spec, data, run_id, tracking_uri, name=name)
+        yardstick = None
+        if spec.yardstick:
+            from .quality import yardstick_for
+
+            yardstick = yardstick_for(data, seed=spec.seed, max_reference=spec.yardstick_samples)
+            if yardstick is None:
+                print(f"[genmodels] {data.name} has no labels: no sample-quality yardstick")
+            else:
+                client.set_tag(run_id, "yardstick", json.dumps(yardstick.info, default=float))
+        trainer = build_trainer(spec, data, run_id, tracking_uri, yardstick, name=name)
         result = trainer.fit()
     except Exception:
         client.set_terminated(run_id, status="FAILED")
         raise
     metrics = dict(result.metrics)
-    client.log_metric(run_id, "test_log_prob", float(metrics["test_log_prob"]))
-    client.log_metric(run_id, "test_bpd", float(metrics["test_bpd"]))
-    client.log_metric(run_id, "test_stderr", float(metrics["test_stderr"]))
+    finals = _final_metrics(metrics)
+    for key, value in finals.items():  # val_* already have one point per epoch
+        if not key.startswith("val_"):
+            client.log_metric(run_id, key, value)
     client.set_tag(run_id, "method", metrics["method"])
 
     model, ckpt_path = load_best_from_checkpoint(result.checkpoint)
-    keep = ("val_log_prob", "test_log_prob", "test_bpd", "test_stderr", "best_epoch")
     client.set_tag(run_id, "checkpoint_path", ckpt_path)
     try:
-        registered = register_trained(
-            spec, data, run_id, model, metrics["method"], {k: metrics[k] for k in keep}
-        )
+        with result.checkpoint.as_directory() as d:
+            samples = Path(d) / "yardstick_samples.npy"
+            registered = register_trained(
+                spec,
+                data,
+                run_id,
+                model,
+                metrics["method"],
+                finals,
+                artifacts={"yardstick_samples": str(samples)} if samples.exists() else None,
+                yardstick=yardstick,
+            )
     except Exception as e:  # the checkpoint stays where it is: say where, then fail loudly
         client.set_terminated(run_id, status="FAILED")
         raise RuntimeError(
@@ -467,8 +586,29 @@ def run_training(spec: TrainSpec) -> TrainOutcome:
     return TrainOutcome(run_id, metrics, ckpt_path, registered, grid, curve)
 
 
-def register_trained(spec: TrainSpec, data, run_id: str, model, method: str, metrics: dict):
-    """Register ``model`` (unless ``spec.register`` is off) with the dataset's lineage."""
+FINAL_KEYS = ("val_score", "val_log_prob", "test_log_prob", "test_bpd", "test_stderr", "best_epoch")
+
+
+def _final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numbers a run ends with (and a registered version carries): selection, likelihood
+    (where the family has one), the settled scoring facts (log Z...) and the yardstick."""
+    keep = {k: metrics[k] for k in FINAL_KEYS if k in metrics}
+    keep.update({k: v for k, v in metrics.items() if k.startswith(("yardstick_", "scoring_"))})
+    return {k: float(v) for k, v in keep.items() if isinstance(v, int | float)}
+
+
+def register_trained(
+    spec: TrainSpec,
+    data,
+    run_id: str,
+    model,
+    method: str,
+    metrics: dict,
+    artifacts=None,
+    yardstick=None,
+):
+    """Register ``model`` (unless ``spec.register`` is off) with the dataset's lineage;
+    ``artifacts`` (name → file) are stored with the version (e.g. the yardstick's samples)."""
     if not spec.register:
         return None
     meta = {
@@ -476,9 +616,16 @@ def register_trained(spec: TrainSpec, data, run_id: str, model, method: str, met
         "fingerprint": data.fingerprint,
         "preprocessing": data.preprocessing,
         "method": method,
+        "yardstick_method": (yardstick.method if yardstick is not None else None),
     }
     return registry.register_model(
-        spec.tracking_uri, run_id, model, meta, metrics, name=spec.registered_name
+        spec.tracking_uri,
+        run_id,
+        model,
+        meta,
+        metrics,
+        name=spec.registered_name,
+        artifacts=artifacts,
     )
 
 

@@ -4,17 +4,22 @@ Ray 2.5x+ no longer accepts ``Tuner(TorchTrainer)``: each trial is a small *driv
 (a tiny CPU share) that builds a ``TorchTrainer`` whose ``RunConfig`` carries Tune's
 ``TuneReportCallback``, so every epoch's validation metric reaches Tune and ASHA can stop poor
 trials early. Every trial is an MLflow run nested under one parent run; the best trial (highest
-``best_val_log_prob``) is scored on the test split and registered like a plain training run.
+``best_val_score``: the validation log-likelihood, or minus the yardstick's FD for a family
+without one) is scored on the test split and registered like a plain training run.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
 
 import genmodels
 from genmodels.base import SearchSpec
@@ -28,7 +33,7 @@ from .train import (
     register_trained,
 )
 
-METRIC = "best_val_log_prob"
+METRIC = "best_val_score"
 
 
 def to_tune_space(space: dict[str, SearchSpec]) -> dict[str, Any]:
@@ -60,7 +65,9 @@ class TuneOutcome:
     registered: registry.Registered | None
 
 
-def _trial(config: dict[str, Any], spec_dict: dict, data, parent_run_id: str, exp_id: str):
+def _trial(
+    config: dict[str, Any], spec_dict: dict, data, parent_run_id: str, exp_id: str, yardstick=None
+):
     """One Tune trial: a nested MLflow run and a TorchTrainer reporting to Tune."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -79,6 +86,7 @@ def _trial(config: dict[str, Any], spec_dict: dict, data, parent_run_id: str, ex
         data,
         run.info.run_id,
         spec.tracking_uri,
+        yardstick,
         name=f"{trial_name}-{run.info.run_id[:8]}",
         callbacks=[TuneReportCallback()],
     )
@@ -115,6 +123,11 @@ def run_tuning(spec: TrainSpec, num_samples: int = 4, grace_period: int = 1) -> 
     parent = client.create_run(exp_id, run_name=name, tags={"family": spec.family, "kind": "tune"})
     parent_id = parent.info.run_id
     client.set_tag(parent_id, "dataset_fingerprint", data.fingerprint)
+    yardstick = None
+    if spec.yardstick:
+        from .quality import yardstick_for
+
+        yardstick = yardstick_for(data, seed=spec.seed, max_reference=spec.yardstick_samples)
 
     cpus, _ = plan_resources(spec, ray.cluster_resources().get("CPU", 1.0))
     per_trial = cpus * spec.num_workers
@@ -126,6 +139,7 @@ def run_tuning(spec: TrainSpec, num_samples: int = 4, grace_period: int = 1) -> 
             data=data,
             parent_run_id=parent_id,
             exp_id=exp_id,
+            yardstick=yardstick,
         ),
         {"cpu": 0.01},
     )
@@ -161,7 +175,7 @@ def run_tuning(spec: TrainSpec, num_samples: int = 4, grace_period: int = 1) -> 
                 "config": r.config,
                 "metric": m.get(METRIC),
                 "checkpoint_path": m.get("checkpoint_path"),
-                "finished": "test_log_prob" in m,
+                "finished": "method" in m,
                 "error": str(r.error) if r.error else None,
             }
         )
@@ -176,19 +190,34 @@ def run_tuning(spec: TrainSpec, num_samples: int = 4, grace_period: int = 1) -> 
     from ray.train import Checkpoint
 
     model, _ = load_best_from_checkpoint(Checkpoint(best["checkpoint_path"]))
-    test = evaluate_split(model, data, "test", seed=spec.seed + 999)
-    val = evaluate_split(model, data, "validation", seed=spec.seed + 12345)
-    metrics = {
-        "val_log_prob": val["log_prob"],
-        "test_log_prob": test["log_prob"],
-        "test_bpd": test["bpd"],
-        "test_stderr": test["stderr"],
-    }
-    for key, value in metrics.items():
-        client.log_metric(parent_id, key, float(value))
-    for key, value in best["config"].items():
-        client.log_param(parent_id, f"best.{key}", str(value))
-    registered = register_trained(spec, data, parent_id, model, test["method"], metrics)
+    model.prepare_scoring(torch.Generator().manual_seed(spec.seed + 4343), final=True)
+    metrics: dict[str, float] = {"val_score": float(best["metric"])}
+    method = yardstick.method if yardstick is not None else "none"
+    if model.likelihood != "none":
+        test = evaluate_split(model, data, "test", seed=spec.seed + 999)
+        val = evaluate_split(model, data, "validation", seed=spec.seed + 12345)
+        method = test["method"]
+        metrics.update(
+            val_score=val["log_prob"],
+            val_log_prob=val["log_prob"],
+            test_log_prob=test["log_prob"],
+            test_bpd=test["bpd"],
+            test_stderr=test["stderr"],
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        artifacts = None
+        if yardstick is not None:
+            quality, samples = yardstick.evaluate(model, "test", seed=spec.seed + 999)
+            metrics.update(quality)
+            np.save(Path(tmp) / "yardstick_samples.npy", samples, allow_pickle=False)
+            artifacts = {"yardstick_samples": str(Path(tmp) / "yardstick_samples.npy")}
+        for key, value in metrics.items():
+            client.log_metric(parent_id, key, float(value))
+        for key, value in best["config"].items():
+            client.log_param(parent_id, f"best.{key}", str(value))
+        registered = register_trained(
+            spec, data, parent_id, model, method, metrics, artifacts, yardstick
+        )
     client.set_terminated(parent_id, status="FINISHED")
     runs = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_id}'")
     best_run = next(

@@ -11,6 +11,19 @@ DASHBOARD_PORT = int(os.environ.get("GENMODELS_TEST_DASHBOARD_PORT", "8365"))
 SERVE_PORT = int(os.environ.get("GENMODELS_TEST_SERVE_PORT", "8399"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def genmodels_cache(tmp_path_factory):
+    """A fresh cache (yardstick classifiers) per test session: the suite never reads ~/.cache."""
+    path = tmp_path_factory.mktemp("genmodels-cache")
+    previous = os.environ.get("GENMODELS_CACHE")
+    os.environ["GENMODELS_CACHE"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("GENMODELS_CACHE", None)
+    else:
+        os.environ["GENMODELS_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A local Ray with 2 CPUs and the dashboard on (Tune's trial clean-up needs it)."""

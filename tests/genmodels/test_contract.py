@@ -28,6 +28,35 @@ TINY = {
     },
     "made": {"hidden_sizes": (16,), "num_masks": 2},
     "vae": {"latent_dim": 2, "hidden_sizes": (8,), "eval_k": 8, "eval_chunk": 4},
+    "gsn": {"hidden_sizes": (8,), "walkback": 2, "burn_in": 3},
+    "gan": {"latent_dim": 4, "channels": 4, "hidden_size": 8},
+    "rbm": {
+        "hidden_size": 8,
+        "num_chains": 4,
+        "sample_steps": 20,
+        "ais_chains": 8,
+        "ais_betas": 20,
+        "ais_betas_validation": 10,
+    },
+    "dbm": {
+        "hidden_sizes": (6, 4),
+        "exact_max_units": 0,
+        "num_chains": 8,
+        "sample_steps": 20,
+        "ais_chains": 16,
+        "ais_betas": 100,
+        "ais_betas_validation": 50,
+    },
+    "aae": {"latent_dim": 2, "hidden_sizes": (8,), "disc_hidden": (8,)},
+    "avb": {
+        "latent_dim": 2,
+        "noise_dim": 2,
+        "hidden_sizes": (8,),
+        "disc_hidden_sizes": (8,),
+        "eval_k": 8,
+        "eval_chunk": 4,
+        "embed_samples": 4,
+    },
 }
 
 
@@ -39,6 +68,22 @@ VARIANTS = {
         {**TINY["pixelcnn"], "gated": True, "output": "logistic_mixture", "num_mixtures": 2},
     ),
     "vae+iaf": ("vae", {**TINY["vae"], "iaf_steps": 2, "iaf_hidden": 8}),
+    "gsn+hidden-noise": (
+        "gsn",
+        {
+            "hidden_sizes": (8, 4),
+            "walkback": 1,
+            "burn_in": 2,
+            "hidden_noise": 0.5,
+            "sample_output": "mode",
+        },
+    ),
+    "gan+minimax": ("gan", {**TINY["gan"], "generator_loss": "minimax", "label_smoothing": 0.1}),
+    "dbm+exact": ("dbm", {"hidden_sizes": (6, 4), "num_chains": 8, "sample_steps": 20}),
+    "rbm+ais": ("rbm", {**TINY["rbm"], "exact_max_units": 0}),
+    "rbm+cd": ("rbm", {**TINY["rbm"], "persistent": False, "cd_k": 1}),
+    "aae+gaussian": ("aae", {**TINY["aae"], "encoder": "gaussian"}),
+    "avb+iw": ("avb", {**TINY["avb"], "eval": "iw"}),
 }
 CASES = sorted(TINY) + sorted(VARIANTS)
 
@@ -76,8 +121,8 @@ class TestContract:
 
     def test_loss_finite_and_gradient_on_every_parameter(self, name):
         model = tiny(name)
-        for phase in model.phases:
-            model.zero_grad()
+        model.zero_grad()
+        for phase in model.phases:  # gradients summed over every phase
             out = model({"x": batch()}, phase=phase)
             assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
             out["loss"].backward()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from pipelines.cli import CLIError, build_spec, main, make_parser
@@ -139,6 +141,41 @@ def test_sample_and_evaluate_a_registered_model(ray_session, tmp_path, capsys):
 
     assert main(["evaluate", "--model", "nope-digits", "--tracking-uri", uri]) == 2
     assert "nope-digits" in capsys.readouterr().err
+
+
+def test_evaluate_a_family_without_likelihood(ray_session, tmp_path, capsys):
+    """A GSN has no likelihood: plain evaluate is a CLI error naming the alternatives; --parzen
+    gives the papers' labelled estimate and --yardstick the sample quality."""
+    import json
+
+    import torch
+
+    import genmodels
+    from pipelines import registry
+    from pipelines.data import load_dataset
+
+    data = load_dataset("digits")
+    uri = registry.resolve_tracking_uri(f"sqlite:///{tmp_path}/m.db")
+    torch.manual_seed(0)
+    model = genmodels.build("gsn", input_shape=data.input_shape, hidden_sizes=(16,), burn_in=5)
+    run = registry.client(uri).create_run(registry.ensure_experiment(uri, "cli"))
+    meta = {"dataset": "digits", "fingerprint": data.fingerprint, "method": "none"}
+    registry.register_model(uri, run.info.run_id, model, meta, {"val_score": -1.0})
+    base = ["evaluate", "--model", "gsn-digits", "--tracking-uri", uri]
+
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert "no likelihood" in err and "--parzen" in err and "--yardstick" in err
+    assert main([*base, "--parzen", "200"]) == 0
+    parzen = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert parzen["method"] == "parzen" and parzen["num_samples"] == 200
+    assert math.isfinite(parzen["log_prob"]) and parzen["sigma"] > 0
+    assert main([*base, "--yardstick"]) == 0
+    quality = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert quality["yardstick_num_samples"] == data.sizes["test"]
+    assert quality["yardstick_fd"] > 0 and quality["method"].startswith("yardstick-fd-n=")
+    assert main([*base, "--parzen", "1"]) == 2
+    assert "Parzen" in capsys.readouterr().err
 
 
 def test_family_that_cannot_model_the_data_is_a_cli_error(ray_session, tmp_path, capsys):

@@ -1,9 +1,8 @@
 """The Serve application end to end: real registry (sqlite), real Serve, HTTP through the proxy.
 
-One module-scoped store with tiny models (two MADE versions, a VAE, and a MADE registered as
-``nolik-toy`` whose ``likelihood`` tag is then set to ``"none"``: the app decides "no likelihood"
-from the registry tag before loading the model, so the 422 path is tested without defining a stub
-family that the Serve replica — another process — would have to import). The main app is started
+One module-scoped store with tiny models (two MADE versions, a VAE, and a GAN registered as
+``nolik-toy``: a family without a likelihood, listed with its sample-quality yardstick; the app
+decides "no likelihood" from the registry tag before loading the model). The main app is started
 once; two small extra apps on the same Serve instance give the 503 (registry at a closed port,
 MLflow retries off) and 504 (a deadline of 0.1 ms) answers.
 """
@@ -25,6 +24,7 @@ import genmodels
 from pipelines import registry
 from pipelines import serve as gm_serve
 from tests.conftest import SERVE_PORT
+from tests.genmodels.test_contract import TINY
 
 pytestmark = pytest.mark.ray
 
@@ -41,10 +41,11 @@ def store(tmp_path_factory):
     exp = registry.ensure_experiment(uri, "serve-test")
     c = registry.client(uri)
 
-    def register(model, method, val, name=None):
+    def register(model, method, val, name=None, extra=None, meta_extra=None):
         run_id = c.create_run(exp).info.run_id
-        meta = {**META, "method": method}
-        return registry.register_model(uri, run_id, model, meta, {"val_log_prob": val}, name=name)
+        meta = {**META, "method": method, **(meta_extra or {})}
+        metrics = {"val_log_prob": val, **(extra or {})}
+        return registry.register_model(uri, run_id, model, meta, metrics, name=name)
 
     torch.manual_seed(0)
     made1 = genmodels.build("made", input_shape=SHAPE, hidden_sizes=(8,))
@@ -54,8 +55,16 @@ def store(tmp_path_factory):
     assert not register(made2, "exact", -6.0).promoted  # v2 is worse: champion stays v1
     c.set_registered_model_alias("made-toy", "challenger", "2")
     register(vae, "iwae-k=8", -7.0)
-    register(made1, "exact", -5.0, name="nolik-toy")
-    c.set_model_version_tag("nolik-toy", "1", "likelihood", "none")  # the trick, see docstring
+    gan = genmodels.build("gan", input_shape=SHAPE, **TINY["gan"])
+    quality = {"yardstick_fd": 2.5, "yardstick_confidence": 0.9, "yardstick_coverage": 0.8}
+    register(
+        gan,
+        "yardstick-fd-n=500-0123abcd",
+        -2.5,
+        name="nolik-toy",
+        extra={**quality, "yardstick_num_samples": 500},
+        meta_extra={"yardstick_method": "yardstick-fd-n=500-0123abcd"},
+    )
     print(f"registry with 4 versions: {time.perf_counter() - t0:.1f} s")
     return SimpleNamespace(uri=uri, made={1: made1.eval(), 2: made2.eval()}, vae=vae.eval())
 
@@ -145,7 +154,15 @@ def test_list_models(client):
     assert v1["sample_limit"] == 32  # min(configured 32, MADE's 256)
     vae = models["vae-toy"]["versions"]["1"]
     assert (vae["method"], vae["likelihood"], vae["sample_limit"]) == ("iwae-k=8", "estimate", 1024)
-    assert models["nolik-toy"]["versions"]["1"]["likelihood"] == "none"
+    gan = models["nolik-toy"]["versions"]["1"]
+    assert gan["likelihood"] == "none" and v1["sample_quality"] is None
+    assert gan["sample_quality"] == {
+        "fd": 2.5,
+        "confidence": 0.9,
+        "coverage": 0.8,
+        "num_samples": 500,
+        "method": "yardstick-fd-n=500-0123abcd",
+    }
 
 
 def test_openapi_documents_the_request_bodies(client):

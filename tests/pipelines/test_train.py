@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -44,11 +45,23 @@ def rank_files(checkpoint) -> list[dict]:
         return [torch.load(f, weights_only=True) for f in files]
 
 
+def tiny_model(family: str) -> dict:
+    from tests.genmodels.test_contract import TINY
+
+    return dict(TINY[family])
+
+
 @pytest.mark.parametrize("sync", [True, False])
-def test_two_workers_end_with_identical_parameters_only_when_synchronised(tmp_path, digits, sync):
-    """Different shards and seeds per rank: DDP keeps parameters identical; the control diverges."""
-    spec = tiny_spec(tmp_path, sync_gradients=sync)
-    result = build_trainer(spec, digits, None, None, name=f"sync-{sync}").fit()
+@pytest.mark.parametrize("family", ["made", "gan", "avb", "aae"])
+def test_two_workers_end_with_identical_parameters_only_when_synchronised(
+    tmp_path, digits, family, sync
+):
+    """Different shards and seeds per rank: DDP keeps every network's parameters identical
+    (generator and discriminator, encoder and critic: all phases, all optimisers); the control
+    without gradient synchronisation diverges."""
+    model = {"hidden_sizes": (32,)} if family == "made" else tiny_model(family)
+    spec = tiny_spec(tmp_path, family=family, model=model, sync_gradients=sync)
+    result = build_trainer(spec, digits, None, None, name=f"sync-{family}-{sync}").fit()
     ranks = rank_files(result.checkpoint)
     assert len(ranks) == 2
     same = ranks[0]["params_sha256"] == ranks[1]["params_sha256"]
@@ -66,6 +79,36 @@ def test_killed_worker_resumes_from_the_next_epoch(tmp_path, digits):
     assert resumes[0]["epoch"] == 1  # epoch 0's checkpoint restored: the next epoch is 0 + 1
     assert resumes[0]["steps"] == 3 and resumes[0]["opt_step"] == 3  # Adam's state came back
     assert result.metrics["steps"] == 9 and result.metrics["epoch"] == 2
+
+
+@pytest.mark.parametrize("family", ["gan", "rbm"])
+def test_every_optimiser_and_each_ranks_chains_survive_a_kill(tmp_path, digits, family):
+    """A GAN resumes its adversarial game with both networks' optimiser states; an RBM's
+    persistent chains come back per rank (each rank its own, not rank 0's copy)."""
+    import genmodels
+
+    marker = tmp_path / "killed"
+    spec = tiny_spec(
+        tmp_path,
+        family=family,
+        model=tiny_model(family),
+        epochs=2,
+        fail_at_epoch=1,
+        fail_marker=str(marker),
+    )
+    result = build_trainer(spec, digits, None, None, name=f"resume-{family}").fit()
+    assert marker.read_text() == "1"
+    (resume,) = json.loads(result.metrics["resumes"])
+    assert resume["epoch"] == 1 and resume["steps"] == 3
+    phases = genmodels.family_class(family).phases
+    assert resume["opt_steps"] == {p: 3 for p in phases}  # every optimiser's state came back
+    ranks = rank_files(result.checkpoint)
+    assert ranks[0]["params_sha256"] == ranks[1]["params_sha256"]
+    if family == "rbm":
+        restored = resume["rank_state_sha256"]
+        assert len(set(restored)) == 2  # two ranks, two different sets of chains restored
+        assert all(r["family_state"] for r in ranks)
+        assert ranks[0]["family_state_sha256"] != ranks[1]["family_state_sha256"]
 
 
 def test_driver_path_logs_scores_and_registers(tmp_path, digits, tracking_uri):
@@ -93,14 +136,26 @@ def test_driver_path_logs_scores_and_registers(tmp_path, digits, tracking_uri):
     assert float(tags["metric.test_log_prob"]) == pytest.approx(m["test_log_prob"])
 
 
+@pytest.fixture(scope="module")
+def yardsticks(ray_session):
+    """The digits yardstick for each data space the families use (trained once, cached)."""
+    from pipelines.quality import yardstick_for
+
+    out = {}
+    for binarize in ("fixed", "none"):
+        out[binarize] = yardstick_for(load_dataset("digits", binarize=binarize, seed=0))
+    return out
+
+
 @pytest.mark.parametrize("family", __import__("genmodels").families())
-def test_every_family_trains_through_the_ray_path(tmp_path, ray_session, family):
-    """One tiny epoch of one batch per family: the generic trainer needs no family special case."""
+def test_every_family_trains_through_the_ray_path(tmp_path, ray_session, yardsticks, family):
+    """One tiny epoch of one batch per family: the generic trainer needs no family special case.
+    Families with a likelihood report it on the test split; every family reports the yardstick."""
     import genmodels
     from tests.genmodels.test_contract import TINY
 
-    kinds = genmodels.family_class(family).data_kinds
-    binarize = "none" if "discrete" in kinds else "fixed"  # 8-bit-capable families: levels 17
+    cls = genmodels.family_class(family)
+    binarize = "none" if "discrete" in cls.data_kinds else "fixed"  # 8-bit-capable: levels 17
     data = load_dataset("digits", binarize=binarize, seed=0)
     spec = tiny_spec(
         tmp_path,
@@ -112,7 +167,18 @@ def test_every_family_trains_through_the_ray_path(tmp_path, ray_session, family)
         max_steps_per_epoch=1,
         batch_size=32,
     )
-    result = build_trainer(spec, data, None, None, name=f"fam-{family}").fit()
+    yardstick = yardsticks[binarize]
+    result = build_trainer(spec, data, None, None, yardstick, name=f"fam-{family}").fit()
     m = result.metrics
-    assert m["steps"] == 1 and m["test_count"] == data.sizes["test"]
-    assert m["test_log_prob"] < 0 and m["test_bpd"] > 0
+    assert m["steps"] == 1
+    assert m["yardstick_num_samples"] == data.sizes["test"] and m["yardstick_fd"] > 0
+    assert 0 < m["yardstick_coverage"] <= 1 and 0 < m["yardstick_confidence"] <= 1
+    with result.checkpoint.as_directory() as d:  # the samples behind it travel to the registry
+        samples = np.load(Path(d) / "yardstick_samples.npy", allow_pickle=False)
+    assert samples.shape == (data.sizes["test"], *data.input_shape)
+    if cls.likelihood == "none":
+        assert "test_log_prob" not in m and m["method"] == yardstick.method
+        assert m["val_score"] < 0  # minus the validation FD: what the epochs were selected on
+    else:
+        assert m["test_count"] == data.sizes["test"] and m["val_score"] == m["val_log_prob"]
+        assert m["test_log_prob"] < 0 and m["test_bpd"] > 0

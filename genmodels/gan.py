@@ -1,0 +1,299 @@
+"""GAN: generative adversarial networks (Goodfellow, Pouget-Abadie, Mirza, Xu, Warde-Farley, Ozair,
+Courville & Bengio 2014, https://arxiv.org/abs/1406.2661) with a DCGAN-style architecture
+(Radford, Metz & Chintala 2015, https://arxiv.org/abs/1511.06434).
+
+A generator G maps noise z ~ N(0, I) to data; a discriminator D is trained to tell real data from
+G's output (binary cross-entropy on D's logit), while G is trained to fool D. With the minimax
+loss G minimises log(1 - D(G(z))); the paper's non-saturating alternative, G minimises
+-log D(G(z)), has the same fixed point but strong gradients early on, when D rejects every fake.
+There is no tractable likelihood: ``log_prob`` raises ``NoLikelihoodError``.
+
+Choices here:
+
+* two phases, ``("discriminator", "generator")``, one Adam each with betas (0.5, 0.999) as in
+  DCGAN. The discriminator phase generates its fakes under ``no_grad`` (no gradient reaches G);
+  its loss is BCE(D(real), 1 - label_smoothing) + BCE(D(fake), 0) (one-sided smoothing). The
+  generator phase backpropagates through D, but only G's optimiser steps.
+* (C, H, W) inputs: G = dense -> (2 * channels, ceil(H/4), ceil(W/4)) -> two stride-2 transposed
+  convolutions (4x4) with BatchNorm + ReLU between -> cropped to (H, W) -> sigmoid. D = two
+  stride-2 3x3 convolutions with LeakyReLU(0.2) -> linear logit; 3x3 kernels with padding 1 give
+  ceil(H/2) rows, so any size works, 1-pixel sides included. D has no BatchNorm: its statistics
+  would mix the real and the fake batch and let the discriminator's output for one example depend
+  on the others. (D,) inputs: the same design as MLPs. Weights start N(0, 0.02) (DCGAN).
+* binary data, and the problem that D could reject every fake just because G's probabilities are
+  not 0 or 1: D never sees probabilities. Fakes are Bernoulli draws b ~ Bernoulli(G(z)), the very
+  samples ``sample`` returns, with a straight-through gradient (forward b, backward as if b were
+  G(z)). D compares binary with binary, and the adversarial game's optimum is the model that
+  ``sample`` draws from. (Feeding D probabilities and blurring the reals with noise instead
+  would push G towards saturated 0/1 outputs, where the sigmoid's gradient vanishes.)
+* discrete data, 0..L-1: G's output y in (0, 1) is a continuous value whose bin is the sample,
+  x = floor(L y); D sees y for fakes and uniformly dequantised reals (x + u) / L, u ~ U[0, 1), so
+  both live on [0, 1) and matching the dequantised distribution recovers the discrete one.
+* ``sample`` runs G in eval mode (BatchNorm with its running statistics) and restores the mode;
+  all its randomness comes from the given generator. Training noise comes from the global RNG.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import BaseConfig, GenerativeModel, SearchSpec, register
+
+GeneratorLoss = Literal["non_saturating", "minimax"]
+
+
+@dataclass(frozen=True)
+class GANConfig(BaseConfig):
+    latent_dim: int = 64
+    channels: int = 64  # base channels of the conv pair (D: channels, 2 * channels; G: reverse)
+    hidden_size: int = 256  # width of the two hidden layers of the MLP pair, for (D,) inputs
+    generator_loss: GeneratorLoss = "non_saturating"
+    label_smoothing: float = 0.0  # real targets 1 - label_smoothing in D's loss (one-sided)
+    beta1: float = 0.5
+    lr: float = 2e-4
+
+
+def generator_loss(fake_logits: Tensor, kind: GeneratorLoss = "non_saturating") -> Tensor:
+    """G's loss from D's logits on fakes: ``-log D(G(z))`` (non-saturating) or
+    ``log(1 - D(G(z)))`` (minimax), averaged over the batch."""
+    if kind == "non_saturating":
+        return F.softplus(-fake_logits).mean()  # -log sigmoid(l)
+    if kind == "minimax":
+        return -F.softplus(fake_logits).mean()  # log(1 - sigmoid(l))
+    raise ValueError(f"gan: unknown generator_loss {kind!r}")
+
+
+def discriminator_loss(real_logits: Tensor, fake_logits: Tensor, smoothing: float = 0.0) -> Tensor:
+    """D's loss: BCE of real logits against ``1 - smoothing`` plus BCE of fakes against 0."""
+    real = F.binary_cross_entropy_with_logits(
+        real_logits, torch.full_like(real_logits, 1.0 - smoothing)
+    )
+    fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    return real + fake
+
+
+class ConvGenerator(nn.Module):
+    """z ``(B, Z)`` -> logits ``(B, C, H, W)``: dense to a (2 ch, ceil(H/4), ceil(W/4)) map,
+    then two stride-2 transposed convolutions (each doubles the size), cropped to (H, W)."""
+
+    def __init__(self, latent_dim: int, shape: tuple[int, int, int], channels: int) -> None:
+        super().__init__()
+        c, h, w = shape
+        self.shape = shape
+        self.start = (2 * channels, math.ceil(h / 4), math.ceil(w / 4))
+        # No biases before BatchNorm: it would cancel them (and they would get no gradient).
+        self.project = nn.Linear(latent_dim, math.prod(self.start), bias=False)
+        self.net = nn.Sequential(
+            nn.BatchNorm2d(2 * channels),
+            nn.ReLU(),
+            nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
+            nn.ConvTranspose2d(channels, c, 4, stride=2, padding=1),
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        _, h, w = self.shape
+        out = self.net(self.project(z).view(-1, *self.start))  # (B, C, 4 ceil(H/4), 4 ceil(W/4))
+        return out[:, :, :h, :w]
+
+
+class ConvDiscriminator(nn.Module):
+    """x ``(B, C, H, W)`` in [-1, 1] -> logit ``(B,)``: two stride-2 3x3 convolutions, then linear."""
+
+    def __init__(self, shape: tuple[int, int, int], channels: int) -> None:
+        super().__init__()
+        c, h, w = shape
+        for _ in range(2):  # a 3x3, stride-2, padding-1 convolution maps n to ceil(n / 2)
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
+        self.net = nn.Sequential(
+            nn.Conv2d(c, channels, 3, stride=2, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Flatten(),
+            nn.Linear(2 * channels * h * w, 1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x).squeeze(1)
+
+
+def mlp_generator(latent_dim: int, hidden: int, d: int) -> nn.Sequential:
+    """z -> logits ``(B, D)``: two hidden layers with BatchNorm + ReLU."""
+    return nn.Sequential(
+        nn.Linear(latent_dim, hidden, bias=False),
+        nn.BatchNorm1d(hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, hidden, bias=False),
+        nn.BatchNorm1d(hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, d),
+    )
+
+
+def mlp_discriminator(d: int, hidden: int) -> nn.Sequential:
+    """x ``(B, D)`` -> logit ``(B, 1)``: two hidden layers with LeakyReLU(0.2)."""
+    return nn.Sequential(
+        nn.Linear(d, hidden),
+        nn.LeakyReLU(0.2),
+        nn.Linear(hidden, hidden),
+        nn.LeakyReLU(0.2),
+        nn.Linear(hidden, 1),
+    )
+
+
+def dcgan_init(module: nn.Module) -> None:
+    """DCGAN's initialisation: weights N(0, 0.02), BatchNorm scales N(1, 0.02), biases 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear | nn.Conv2d | nn.ConvTranspose2d):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+@register
+class GAN(GenerativeModel):
+    family = "gan"
+    likelihood = "none"
+    data_kinds = ("binary", "discrete")
+    Config = GANConfig
+    phases = ("discriminator", "generator")
+    capabilities = frozenset()
+    sample_limit = 1024
+    search_space = {
+        "latent_dim": SearchSpec("choice", (32, 64, 100)),
+        "channels": SearchSpec("choice", (32, 64)),
+        "hidden_size": SearchSpec("choice", (128, 256, 512)),
+        "label_smoothing": SearchSpec("choice", (0.0, 0.1)),
+        "lr": SearchSpec("loguniform", low=1e-4, high=6e-4),
+    }
+
+    def __init__(self, input_shape: tuple[int, ...], levels: int, config: GANConfig) -> None:
+        super().__init__(input_shape, levels, config)
+        for key in ("latent_dim", "channels", "hidden_size"):
+            if getattr(config, key) < 1:
+                raise ValueError(f"gan: {key} must be >= 1, got {getattr(config, key)}")
+        if config.generator_loss not in ("non_saturating", "minimax"):
+            raise ValueError(
+                "gan: generator_loss must be 'non_saturating' or 'minimax', "
+                f"got {config.generator_loss!r}"
+            )
+        if not 0.0 <= config.label_smoothing < 0.5:
+            raise ValueError(
+                f"gan: label_smoothing must be in [0, 0.5), got {config.label_smoothing}"
+            )
+        if not 0.0 <= config.beta1 < 1.0:
+            raise ValueError(f"gan: beta1 must be in [0, 1), got {config.beta1}")
+        if config.lr <= 0:
+            raise ValueError(f"gan: lr must be > 0, got {config.lr}")
+        if len(self.input_shape) == 3:
+            shape = self.input_shape
+            self.generator = ConvGenerator(config.latent_dim, shape, config.channels)
+            self.discriminator = ConvDiscriminator(shape, config.channels)
+        else:
+            d = self.num_dims
+            self.generator = mlp_generator(config.latent_dim, config.hidden_size, d)
+            self.discriminator = nn.Sequential(
+                mlp_discriminator(d, config.hidden_size), nn.Flatten(0)
+            )
+        dcgan_init(self)
+
+    # ------------------------------------------------------------------------------ networks
+    def generate(self, z: Tensor) -> Tensor:
+        """G's output ``(B, *input_shape)`` in (0, 1) for noise ``z`` ``(B, latent_dim)``:
+        Bernoulli probabilities (binary data) or values y with sample floor(L y) (discrete)."""
+        return torch.sigmoid(self.generator(z)).view(len(z), *self.input_shape)
+
+    def discriminate(self, v: Tensor) -> Tensor:
+        """D's logits ``(B,)`` for inputs ``v`` ``(B, *input_shape)`` on D's scale [0, 1]: binary
+        values (binary data) or dequantised ones (x + u) / L (discrete; see ``dequantize``)."""
+        v = v * 2 - 1
+        return self.discriminator(v if len(self.input_shape) == 3 else v.flatten(1))
+
+    def dequantize(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Real data-space ``x`` on D's scale: ``x`` itself for binary data, (x + u) / L with
+        u ~ U[0, 1) for discrete data (floor(L v) gives ``x`` back)."""
+        if self.levels == 2:
+            return x
+        if generator is None:
+            u = torch.rand_like(x)
+        else:
+            u = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        return (x + u) / self.levels
+
+    def _fakes(self, n: int) -> Tensor:
+        """Fakes on D's scale from global-RNG noise; binary: straight-through Bernoulli draws."""
+        p = next(self.generator.parameters())
+        y = self.generate(torch.randn(n, self.config.latent_dim, device=p.device, dtype=p.dtype))
+        if self.levels > 2:
+            return y
+        b = (torch.rand_like(y) < y).to(y.dtype)
+        return b + (y - y.detach())  # forward: b; backward: d b / d y := 1
+
+    # ------------------------------------------------------------------------------ training
+    def forward(
+        self, batch: Mapping[str, Tensor], phase: str = "discriminator"
+    ) -> dict[str, Tensor]:
+        x = batch["x"]
+        if phase == "discriminator":
+            real = self.dequantize(x.to(next(self.discriminator.parameters()).dtype))
+            with torch.no_grad():  # no gradient to G in D's phase
+                fake = self._fakes(len(x))
+            real_logits, fake_logits = self.discriminate(real), self.discriminate(fake)
+            loss = discriminator_loss(real_logits, fake_logits, self.config.label_smoothing)
+            return {
+                "loss": loss,
+                "d_real": torch.sigmoid(real_logits).mean().detach(),
+                "d_fake": torch.sigmoid(fake_logits).mean().detach(),
+            }
+        if phase == "generator":
+            fake_logits = self.discriminate(self._fakes(len(x)))
+            loss = generator_loss(fake_logits, self.config.generator_loss)
+            return {"loss": loss, "d_fake": torch.sigmoid(fake_logits).mean().detach()}
+        raise ValueError(f"gan: unknown phase {phase!r}; phases are {self.phases}")
+
+    def phase_parameters(self, phase: str) -> Iterator[nn.Parameter]:
+        if phase == "discriminator":
+            return self.discriminator.parameters()
+        if phase == "generator":
+            return self.generator.parameters()
+        raise ValueError(f"gan: unknown phase {phase!r}; phases are {self.phases}")
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        cfg = self.config
+        return {
+            phase: torch.optim.Adam(
+                self.phase_parameters(phase),
+                lr=cfg.lr,
+                betas=(cfg.beta1, 0.999),
+                weight_decay=cfg.weight_decay,
+            )
+            for phase in self.phases
+        }
+
+    # ----------------------------------------------------------------------------- inference
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        p = next(self.generator.parameters())
+        z = torch.randn((n, self.config.latent_dim), generator=generator, dtype=p.dtype)
+        was_training = self.generator.training
+        self.generator.eval()  # BatchNorm: running statistics, and no update of them
+        try:
+            y = self.generate(z.to(p.device))
+        finally:
+            self.generator.train(was_training)
+        if self.levels == 2:
+            u = torch.rand(y.shape, generator=generator, dtype=y.dtype).to(y.device)
+            return (u < y).to(y.dtype)
+        return (y * self.levels).floor().clamp(max=self.levels - 1)

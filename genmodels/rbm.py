@@ -1,0 +1,330 @@
+"""RBM: the binary restricted Boltzmann machine (Smolensky 1986; Hinton 2002,
+https://doi.org/10.1162/089976602760128018), trained by contrastive divergence (CD-k) or
+persistent contrastive divergence (Tieleman 2008, https://doi.org/10.1145/1390156.1390290) and
+scored with annealed importance sampling (Salakhutdinov & Murray 2008,
+https://doi.org/10.1145/1390156.1390266).
+
+An energy model of binary visibles v and hiddens h, E(v, h) = -b·v - c·h - h·Wv. The hiddens sum
+out in closed form: p(v) = exp(-F(v)) / Z with the free energy F(v) = -b·v - sum_j softplus(c_j +
+W_j·v), and both conditionals factorise, so block Gibbs sampling alternates h ~ p(h|v), v ~ p(v|h).
+The log-likelihood gradient is E_model[dF/dθ] - E_data[dF/dθ]; CD-k estimates the model term with
+k Gibbs steps started at the data, PCD with persistent chains carried across updates. Z is
+intractable for real sizes: AIS anneals from a base-rate RBM (zero weights) to the model, with
+the hiddens summed out of the intermediate densities and one Gibbs sweep at each inverse
+temperature.
+
+Choices here: ``forward`` returns mean F(v_data) - mean F(v_model) with v_model detached, whose
+gradient is the CD/PCD gradient, stepped by Adam without momentum (``adam_beta1 = 0``: momentum
+makes PCD oscillate); PCD-5 by default. The first training batch sets b_A, the smoothed log-odds
+of its pixels: the base of AIS, where the chains start, and the origin of the visible biases
+(stored as b - b_A, so they start at the data's log-odds as Hinton's practical guide advises;
+Adam's bounded steps would take thousands of updates to get there). PCD chains (``num_chains``
+per worker) are plain tensors, not buffers, checkpointed per rank through ``rank_state``; training
+noise comes from the global CPU generator, which the trainer seeds per rank and checkpoints.
+``prepare_scoring`` computes log Z once per set of weights — exactly, by enumerating the smaller
+layer, when it has at most ``exact_max_units`` units, else by AIS with ``ais_chains`` chains and
+``ais_betas`` temperatures (``final=True``; 100 x 14,500 as in the paper, about 50 CPU-seconds
+single-threaded for 784 x 500) or ``ais_betas_validation`` — into buffers, so a reloaded model
+scores without redoing it. A training step marks it stale, and scoring a stale model recomputes
+it with the validation settings and a fixed seed. ``score``'s standard error is log Z's, shared by
+every example. AIS is a stochastic lower bound on log Z, so its log-likelihoods lean optimistic,
+the more so the lower its effective sample size (``ais_ess``). ``sample`` runs ``sample_steps``
+Gibbs sweeps from base-rate noise; ``embed`` is p(h = 1 | v).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import ais
+from .base import BaseConfig, GenerativeModel, ScoreResult, SearchSpec, register
+
+
+@dataclass(frozen=True)
+class RBMConfig(BaseConfig):
+    hidden_size: int = 500
+    cd_k: int = 5
+    persistent: bool = True
+    num_chains: int = 100
+    init_std: float = 0.01
+    sample_steps: int = 1000
+    ais_chains: int = 100
+    ais_betas: int = 14500
+    ais_betas_validation: int = 1000
+    exact_max_units: int = 20
+    adam_beta1: float = 0.0
+    lr: float = 1e-3
+
+
+def bernoulli(p: Tensor, generator: torch.Generator | None, trials: int = 1) -> Tensor:
+    """Binomial(trials, p) draws (binary for 1); uniform noise made on the CPU from ``generator``
+    (the global CPU generator when ``None``) so results do not depend on the device."""
+    if trials == 1:
+        u = torch.rand(p.shape, generator=generator, dtype=p.dtype).to(p.device)
+        return (u < p).to(p.dtype)
+    u = torch.rand((trials, *p.shape), generator=generator, dtype=p.dtype).to(p.device)
+    return (u < p).to(p.dtype).sum(0)
+
+
+def binary_codes(start: int, stop: int, bits: int, dtype: torch.dtype, device) -> Tensor:
+    """The binary expansions of start..stop-1 → ``(stop - start, bits)``, most significant first."""
+    idx = torch.arange(start, stop, device=device)
+    shifts = torch.arange(bits - 1, -1, -1, device=device)
+    return ((idx[:, None] >> shifts) & 1).to(dtype)
+
+
+@register
+class RBM(GenerativeModel):
+    family = "rbm"
+    likelihood = "estimate"
+    data_kinds = ("binary",)
+    Config = RBMConfig
+    capabilities = frozenset({"log_prob", "embed"})
+    sample_limit = 512
+    search_space = {
+        "hidden_size": SearchSpec("choice", (100, 250, 500)),
+        "cd_k": SearchSpec("choice", (1, 3, 10)),
+        "persistent": SearchSpec("choice", (True, False)),
+        "lr": SearchSpec("loguniform", low=3e-4, high=3e-3),
+        "adam_beta1": SearchSpec("choice", (0.0, 0.5)),
+        "weight_decay": SearchSpec("choice", (0.0, 1e-5, 1e-4)),
+    }
+
+    def __init__(self, input_shape: tuple[int, ...], levels: int, config: RBMConfig) -> None:
+        super().__init__(input_shape, levels, config)
+        for key in ("hidden_size", "cd_k", "num_chains", "sample_steps", "ais_chains"):
+            if getattr(config, key) < 1:
+                raise ValueError(f"rbm: {key} must be >= 1, got {getattr(config, key)}")
+        for key in ("ais_betas", "ais_betas_validation"):
+            if getattr(config, key) < 2:
+                raise ValueError(f"rbm: {key} must be >= 2, got {getattr(config, key)}")
+        if not 0 <= config.exact_max_units <= 30:
+            raise ValueError(f"rbm: exact_max_units must be in 0..30, got {config.exact_max_units}")
+        if not config.init_std >= 0:
+            raise ValueError(f"rbm: init_std must be >= 0, got {config.init_std}")
+        if not 0 <= config.adam_beta1 < 1:
+            raise ValueError(f"rbm: adam_beta1 must be in [0, 1), got {config.adam_beta1}")
+        d, h = self.num_dims, config.hidden_size
+        self.weight = nn.Parameter(torch.randn(h, d) * config.init_std)  # W, (H, V)
+        self.visible_bias = nn.Parameter(torch.zeros(d))  # b - b_A: relative to the base rates
+        self.hidden_bias = nn.Parameter(torch.zeros(h))  # c
+        # b_A, the data's log-odds: the AIS base (W = 0, c = 0) and the visible biases' origin.
+        self.register_buffer("base_bias", torch.zeros(d))
+        self.register_buffer("base_set", torch.zeros((), dtype=torch.int64))
+        # log Z of the current weights; valid == 0 means stale. chains == 0 means exact.
+        self.register_buffer("log_z", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("log_z_stderr", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("log_z_valid", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("log_z_chains", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("log_z_betas", torch.zeros((), dtype=torch.int64))
+        self.chains: Tensor | None = None  # PCD chains (num_chains, V): per rank, not a buffer
+
+    # ------------------------------------------------------------------------- energy, Gibbs
+    @property
+    def full_visible_bias(self) -> Tensor:
+        """b = b_A + (b - b_A), the visible biases of the energy."""
+        return self.base_bias + self.visible_bias
+
+    def free_energy(self, v: Tensor) -> Tensor:
+        """F(v) = -b·v - sum_j softplus(c_j + W_j·v) → ``(B,)``; ``v`` is ``(B, ...)``."""
+        v = v.flatten(1).to(self.weight.dtype)
+        hidden = F.softplus(F.linear(v, self.weight, self.hidden_bias)).sum(-1)
+        return -(v @ self.full_visible_bias) - hidden
+
+    def hidden_probs(self, v: Tensor) -> Tensor:
+        """p(h_j = 1 | v) → ``(B, H)``."""
+        return torch.sigmoid(F.linear(v, self.weight, self.hidden_bias))
+
+    def visible_probs(self, h: Tensor) -> Tensor:
+        """p(v_i = 1 | h) → ``(B, V)``."""
+        return torch.sigmoid(F.linear(h, self.weight.t(), self.full_visible_bias))
+
+    @torch.no_grad()
+    def gibbs(self, v: Tensor, steps: int, generator: torch.Generator | None = None) -> Tensor:
+        """``steps`` block Gibbs sweeps v → h → v from ``v`` ``(B, V)``; returns binary v."""
+        for _ in range(steps):
+            h = bernoulli(self.hidden_probs(v), generator)
+            v = bernoulli(self.visible_probs(h), generator)
+        return v
+
+    def _base_noise(self, n: int, generator: torch.Generator | None) -> Tensor:
+        """``n`` exact draws from the base-rate distribution, ``(n, V)``."""
+        return bernoulli(torch.sigmoid(self.base_bias).expand(n, -1), generator)
+
+    @torch.no_grad()
+    def set_base_rates(self, x: Tensor) -> None:
+        """Set b_A, the AIS base and the chains' starting point, to the log-odds of the smoothed
+        marginals (count + 1/2) / (n + 1) of the binary batch ``x``. The visible biases are
+        stored relative to b_A, so this moves them too: done before the first training step (as
+        ``forward`` does), it starts them at the data's log-odds (Hinton 2010's advice), which
+        Adam's bounded steps would otherwise take thousands of updates to reach."""
+        v = x.flatten(1).to(self.base_bias.dtype)
+        p = (v.sum(0) + 0.5) / (len(v) + 1.0)
+        self.base_bias.copy_(torch.log(p) - torch.log1p(-p))
+        self.base_set.fill_(1)
+        self.log_z_valid.zero_()
+
+    # --------------------------------------------------------------------------------- training
+    def forward(self, batch: Mapping[str, Tensor], phase: str = "main") -> dict[str, Tensor]:
+        cfg = self.config
+        v = batch["x"].flatten(1).to(self.weight.dtype)
+        if self.training:
+            self.log_z_valid.zero_()  # the weights are about to change
+            if not self.base_set:
+                self.set_base_rates(v)
+        with torch.no_grad():
+            if cfg.persistent:
+                chains = self.chains
+                if chains is None or chains.shape != (cfg.num_chains, self.num_dims):
+                    chains = self._base_noise(cfg.num_chains, None)
+                chains = self.gibbs(chains.to(v.device, v.dtype), cfg.cd_k)
+                if self.training:
+                    self.chains = chains
+                v_model = chains
+            else:
+                v_model = self.gibbs(v, cfg.cd_k)
+            recon = self.visible_probs(self.hidden_probs(v))  # mean-field reconstruction
+            recon_error = (recon - v).pow(2).sum(1).mean()
+        f_data = self.free_energy(v).mean()
+        loss = f_data - self.free_energy(v_model).mean()
+        return {"loss": loss, "free_energy": f_data.detach(), "recon_error": recon_error}
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Adam with ``adam_beta1`` (default 0: no momentum, which makes PCD oscillate)."""
+        cfg = self.config
+        betas = (cfg.adam_beta1, 0.999)
+        return {
+            "main": torch.optim.Adam(
+                self.parameters(), cfg.lr, betas, weight_decay=cfg.weight_decay
+            )
+        }
+
+    def rank_state(self) -> dict[str, Tensor]:
+        return {} if self.chains is None else {"chains": self.chains.detach().cpu().clone()}
+
+    def load_rank_state(self, state: Mapping[str, Tensor]) -> None:
+        chains = state.get("chains")
+        if chains is None:
+            self.chains = None
+        elif chains.shape[1:] != (self.num_dims,):
+            raise ValueError(f"rbm: chains of shape {tuple(chains.shape)} for {self.num_dims} dims")
+        else:
+            self.chains = chains.to(self.weight.device, self.weight.dtype).clone()
+
+    # ----------------------------------------------------------------------------------- log Z
+    @torch.no_grad()
+    def exact_log_z(self, chunk: int = 4096) -> float:
+        """log Z by enumerating the 2^n states of the smaller layer (float64, in chunks)."""
+        w = self.weight.double()  # (H, V)
+        b, c = self.full_visible_bias.double(), self.hidden_bias.double()
+        if w.shape[1] <= w.shape[0]:  # enumerate v: log Z = logsumexp_v -F(v)
+            n, lin, bias, other = w.shape[1], w, c, b
+        else:  # enumerate h: -F(h) = c·h + sum_i softplus(b_i + W_i·h)
+            n, lin, bias, other = w.shape[0], w.t(), b, c
+        if n > 30:
+            raise ValueError(f"rbm: 2^{n} states are too many to enumerate")
+        parts = []
+        for start in range(0, 2**n, chunk):
+            s = binary_codes(start, min(start + chunk, 2**n), n, torch.float64, w.device)
+            parts.append(s @ other + F.softplus(F.linear(s, lin, bias)).sum(-1))
+        return float(torch.logsumexp(torch.cat(parts), 0))
+
+    def _ais_state(self, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """An AIS state: v ``(M, V)``, with c + Wv ``(M, H)`` and (b_A·v, (b - b_A)·v) ``(M, 2)``
+        in float64, computed once per state (``log_f`` evaluates each state at two betas)."""
+        pre = F.linear(v, self.weight, self.hidden_bias).double()
+        lin = torch.stack([v @ self.base_bias, v @ self.visible_bias], 1).double()
+        return v, pre, lin
+
+    def _ais_log_f(self, state: tuple[Tensor, Tensor, Tensor], beta: float) -> Tensor:
+        """log f_beta(v) = (b_A + beta (b - b_A))·v + sum_j softplus(beta (c + Wv)_j): the RBM
+        of energy (1 - beta) E_A(v, h) + beta E(v, h) with its hiddens summed out."""
+        _, pre, lin = state
+        return lin[:, 0] + beta * lin[:, 1] + F.softplus(beta * pre).sum(-1)
+
+    def _ais_transition(
+        self, state: tuple[Tensor, Tensor, Tensor], beta: float, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One Gibbs sweep h ~ p_beta(h|v), v ~ p_beta(v|h) of that intermediate RBM."""
+        _, pre, _ = state
+        h = bernoulli(torch.sigmoid((beta * pre).to(self.weight.dtype)), generator)
+        logits = self.base_bias + beta * F.linear(h, self.weight.t(), self.visible_bias)
+        return self._ais_state(bernoulli(torch.sigmoid(logits), generator))
+
+    @torch.no_grad()
+    def ais_log_z(
+        self, num_chains: int, num_betas: int, generator: torch.Generator | None = None
+    ) -> ais.AISResult:
+        """AIS estimate of log Z with ``num_chains`` chains through ``ais.schedule(num_betas)``."""
+        initial = self._ais_state(self._base_noise(num_chains, generator))
+        betas = ais.schedule(num_betas)
+        return ais.anneal(
+            self._ais_log_f, self._ais_transition, initial, self.base_log_z(), betas, generator
+        )
+
+    def base_log_z(self) -> float:
+        """log Z_A = H log 2 + sum_i softplus(b_A_i) of the base-rate RBM (W = 0, c = 0: its
+        visibles are independent and its hiddens uniform)."""
+        bias = self.base_bias.double()
+        return self.config.hidden_size * math.log(2.0) + float(F.softplus(bias).sum())
+
+    @property
+    def uses_exact_log_z(self) -> bool:
+        return min(self.num_dims, self.config.hidden_size) <= self.config.exact_max_units
+
+    @torch.no_grad()
+    def prepare_scoring(
+        self, generator: torch.Generator | None = None, final: bool = False
+    ) -> dict[str, Any]:
+        """Compute log Z (exact, or AIS with the final / validation settings) into buffers."""
+        cfg = self.config
+        if self.uses_exact_log_z:
+            info: dict[str, Any] = {"log_z": self.exact_log_z(), "log_z_stderr": 0.0}
+            chains = betas = 0
+        else:
+            betas = cfg.ais_betas if final else cfg.ais_betas_validation
+            if generator is None:
+                generator = torch.Generator().manual_seed(cfg.seed + 4242)
+            result = self.ais_log_z(cfg.ais_chains, betas, generator)
+            info = result.as_dict()
+            chains, betas = result.num_chains, result.num_betas
+        self.log_z.fill_(info["log_z"])
+        self.log_z_stderr.fill_(info["log_z_stderr"])
+        self.log_z_chains.fill_(chains)
+        self.log_z_betas.fill_(betas)
+        self.log_z_valid.fill_(1)
+        return {**info, "method": self.scoring_method}
+
+    @property
+    def scoring_method(self) -> str:
+        m, k = int(self.log_z_chains), int(self.log_z_betas)
+        return "exact-logz" if m == 0 else f"ais-M={m}-K={k}"
+
+    # ------------------------------------------------------------------------------- inference
+    def score(self, x: Tensor, generator: torch.Generator | None = None) -> ScoreResult:
+        x = self.check_input(x)
+        if not self.log_z_valid:  # stale: the validation settings, a fixed seed
+            self.prepare_scoring(torch.Generator().manual_seed(self.config.seed + 4242))
+        log_p = -self.free_energy(x) - self.log_z.to(self.weight.dtype)
+        stderr = float(self.log_z_stderr)
+        return ScoreResult(
+            log_p, self.scoring_method, torch.full_like(log_p, stderr), shared_stderr=stderr
+        )
+
+    def log_prob(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return self.score(x, generator).log_prob
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        v = self._base_noise(n, generator)
+        return self.gibbs(v, self.config.sample_steps, generator).view(n, *self.input_shape)
+
+    def embed(self, x: Tensor) -> Tensor:
+        return self.hidden_probs(self.check_input(x).flatten(1).to(self.weight.dtype))
