@@ -144,15 +144,16 @@ class AVB(GenerativeModel):
         return self.discriminator(x, z).squeeze(-1)
 
     @torch.no_grad()
-    def contrast(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The mean and standard deviation ``(B, Z)`` of r(z|x), the Gaussian of adaptive
-        contrast: the moments of g(x, eps_j) over ``contrast_samples`` noise draws that are fixed
-        (seed 0) and shared by every example, so r is a function of x alone. Constants: no
-        gradient flows through them."""
-        g = torch.Generator().manual_seed(0)
-        eps = self._noise((self.config.contrast_samples, 1, self.config.noise_dim), g, x)
-        z = self.encode(x, eps.expand(-1, len(x), -1))  # (m, B, Z)
-        return z.mean(0), z.std(0).clamp_min(SD_FLOOR)
+    def contrast(
+        self, x: Tensor, generator: torch.Generator | None = None, shape: tuple[int, ...] = ()
+    ) -> tuple[Tensor, Tensor]:
+        """The mean and standard deviation ``(*shape, B, Z)`` of r(z|x), the Gaussian of
+        adaptive contrast: the moments of g(x, eps_j) over ``contrast_samples`` fresh noise draws
+        per example (independent ones for each index of ``shape``). Constants: no gradient flows
+        through them."""
+        m, e = self.config.contrast_samples, self.config.noise_dim
+        z = self.encode(x, self._noise((*shape, m, len(x), e), generator, x))  # (*shape, m, B, Z)
+        return z.mean(-3), z.std(-3).clamp_min(SD_FLOOR)
 
     def log_ratio_parts(
         self, x: Tensor, z: Tensor, moments: tuple[Tensor, Tensor] | None = None
@@ -180,6 +181,8 @@ class AVB(GenerativeModel):
         return -F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
 
     def _noise(self, shape: tuple[int, ...], generator: torch.Generator | None, like: Tensor):
+        if generator is None:  # training: draw on the device
+            return torch.randn(shape, dtype=like.dtype, device=like.device)
         return torch.randn(shape, generator=generator, dtype=like.dtype).to(like.device)
 
     # -------------------------------------------------------------------------------- training
@@ -231,13 +234,17 @@ class AVB(GenerativeModel):
     # ------------------------------------------------------------------------------- inference
     def terms(self, x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
         """log p(x|z_i) + log p(z_i) - [estimated log q(z_i|x)] for k draws z_i ~ q(z|x)
-        → ``(k, B)`` (``x`` is ``(B, D)``); see ``log_ratio_parts``."""
-        shape = (len(x), self.config.noise_dim)
-        moments = self.contrast(x) if self.config.adaptive_contrast else None
+        → ``(k, B)`` (``x`` is ``(B, D)``); see ``log_ratio_parts``. With adaptive contrast each
+        draw gets its own r (moments of ``contrast_samples`` further draws), as in training, so
+        the k terms are independent."""
+        cfg = self.config
+        ac = cfg.adaptive_contrast
+        chunk = max(1, cfg.eval_chunk // cfg.contrast_samples) if ac else cfg.eval_chunk
         chunks = []
-        for start in range(0, k, self.config.eval_chunk):
-            m = min(self.config.eval_chunk, k - start)
-            z = self.encode(x, self._noise((m, *shape), generator, x))  # (m, B, Z)
+        for start in range(0, k, chunk):
+            c = min(chunk, k - start)
+            z = self.encode(x, self._noise((c, len(x), cfg.noise_dim), generator, x))  # (c, B, Z)
+            moments = self.contrast(x, generator, (c,)) if ac else None
             t, gauss = self.log_ratio_parts(x, z, moments)
             chunks.append(self.decoder_log_prob(x, z) - t - gauss)
         return torch.cat(chunks, 0)
