@@ -111,9 +111,9 @@ class AVB(GenerativeModel):
         for key in ("latent_dim", "noise_dim", "eval_chunk", "embed_samples"):
             if getattr(config, key) < 1:
                 raise ValueError(f"avb: {key} must be >= 1, got {getattr(config, key)}")
-        if config.contrast_samples < 2:
+        if config.contrast_samples < 4:  # z~ is t-like with m - 1 dof: E z~^2 needs m >= 4
             raise ValueError(
-                f"avb: contrast_samples must be >= 2 (for a standard deviation), "
+                f"avb: contrast_samples must be >= 4 (below, the estimate has no finite mean), "
                 f"got {config.contrast_samples}"
             )
         if config.eval_k < 2:

@@ -16,15 +16,6 @@ NETS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: intra-op threads only contend on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_aae(seed: int = 0, **config) -> genmodels.GenerativeModel:
     torch.manual_seed(seed)
     kw = {"latent_dim": 2, "hidden_sizes": (32,), "disc_hidden": (32,), "lr": 3e-3}

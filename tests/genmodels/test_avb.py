@@ -414,7 +414,7 @@ def test_embed_is_the_posterior_mean_and_batch_independent():
         ("eval", "exact"),
         ("disc_hidden_sizes", ()),
         ("disc_lr", 0.0),
-        ("contrast_samples", 1),
+        ("contrast_samples", 3),
     ],
 )
 def test_config_validation_names_the_key(key, value):

@@ -16,15 +16,6 @@ from tests.genmodels.checks import toy_data
 PROTOTYPES = torch.tensor([[1, 0, 1, 0, 1, 0, 1, 0], [1, 1, 1, 1, 0, 0, 0, 0]]).float()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: intra-op threads only contend on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build(shape=(1, 3, 4), seed: int = 0, levels: int = 2, **config) -> genmodels.gan.GAN:
     torch.manual_seed(seed)
     tiny = {"latent_dim": 4, "channels": 4, "hidden_size": 8}

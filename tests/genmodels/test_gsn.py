@@ -16,15 +16,6 @@ from genmodels.parzen import parzen_estimate, parzen_log_prob, select_sigma
 D, NUM_PROTOS = 20, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: intra-op threads only contend on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def prototypes() -> torch.Tensor:
     """Four random 20-bit prototypes, pairwise at Hamming distance >= 6."""
     g = torch.Generator().manual_seed(0)

@@ -14,15 +14,6 @@ import genmodels.rbm
 from tests.genmodels.checks import binary_states, toy_data
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: one thread avoids the cost of syncing a busy machine's threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_rbm(seed: int, visible: int = 10, hidden: int = 8, **config) -> genmodels.rbm.RBM:
     """Weights and biases N(0, 1): a peaked, multimodal model far from the base rates."""
     torch.manual_seed(seed)

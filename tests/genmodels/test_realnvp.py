@@ -23,15 +23,6 @@ def build(shape, levels=2, seed=0, **overrides) -> genmodels.GenerativeModel:
     return genmodels.build("realnvp", input_shape=shape, levels=levels, **{**TINY, **overrides})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: intra-op threads only contend on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def perturb(model, std=0.2, seed=0):
     """Random ActNorms and larger coupling outputs: a flow far from the identity (about 2 nats
     of KL from the base density for the flat D = 2 model)."""

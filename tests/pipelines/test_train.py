@@ -16,7 +16,7 @@ from pipelines import registry
 from pipelines.data import load_dataset
 from pipelines.train import TrainSpec, build_trainer, run_training
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
