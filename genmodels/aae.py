@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import BaseConfig, GenerativeModel, SearchSpec, bernoulli_log_prob, register
+from .base import BaseConfig, Condition, GenerativeModel, SearchSpec, bernoulli_log_prob, register
 from .vae import mlp
 
 ENCODERS = ("deterministic", "gaussian")
@@ -146,7 +146,10 @@ class AAE(GenerativeModel):
         return torch.sigmoid(self.decoder(z)).view(len(z), *self.input_shape)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, condition: Condition = None
+    ) -> Tensor:
+        self.check_condition(condition)
         weight = self.decoder[0].weight
         z = torch.randn((n, self.config.latent_dim), generator=generator, dtype=weight.dtype)
         p = self.decode_probs(z.to(weight.device))

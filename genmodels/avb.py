@@ -67,6 +67,7 @@ from torch import Tensor, nn
 
 from .base import (
     BaseConfig,
+    Condition,
     GenerativeModel,
     ScoreResult,
     SearchSpec,
@@ -268,7 +269,11 @@ class AVB(GenerativeModel):
         return torch.cat(chunks, 0)
 
     def score(
-        self, x: Tensor, generator: torch.Generator | None = None, k: int | None = None
+        self,
+        x: Tensor,
+        generator: torch.Generator | None = None,
+        k: int | None = None,
+        condition: Condition = None,
     ) -> ScoreResult:
         """The AVB estimate of log p(x) (see the module docstring: a bound only if T is exact).
 
@@ -277,6 +282,7 @@ class AVB(GenerativeModel):
             generator: the source of the posterior draws (same generator, same result).
             k: the number of draws (default ``config.eval_k``; at least 2).
         """
+        self.check_condition(condition)
         x = self.check_input(x).flatten(1).to(self.decoder[0].weight.dtype)
         k = self.config.eval_k if k is None else k
         if k < 2:
@@ -290,12 +296,20 @@ class AVB(GenerativeModel):
         return ScoreResult(estimate, method=f"avb{ac}-{self.config.eval}-T-k={k}", stderr=stderr)
 
     def log_prob(
-        self, x: Tensor, generator: torch.Generator | None = None, k: int | None = None
+        self,
+        x: Tensor,
+        generator: torch.Generator | None = None,
+        k: int | None = None,
+        condition: Condition = None,
     ) -> Tensor:
+        self.check_condition(condition)
         return self.score(x, generator, k).log_prob
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, condition: Condition = None
+    ) -> Tensor:
+        self.check_condition(condition)
         device = self.decoder[0].weight.device
         z = torch.randn((n, self.config.latent_dim), generator=generator).to(device)
         p = torch.sigmoid(self.decoder(z.to(self.decoder[0].weight.dtype)))

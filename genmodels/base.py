@@ -9,8 +9,19 @@ attributes, everything the pipelines need to treat it generically:
 * ``Config``: the frozen dataclass of its hyper-parameters (defaults = the default config);
 * ``search_space``: its Tune search space in a Ray-free notation (see ``SearchSpec``);
 * ``phases``: the training phases, stepped in order, one optimiser each (see ``configure_optimizers``);
-* ``capabilities``: what beyond ``sample`` it offers (``"log_prob"``, ``"embed"``, ``"impute"``...);
+* ``capabilities``: the uses it offers, names from ``CAPABILITIES`` (``"log_prob"``, ``"embed"``,
+  ``"impute"``...); ``"sample"`` is added unless ``can_sample`` is False. The class attribute is the
+  default; an instance may change its own set in ``__init__`` (e.g. a conditional variant adds
+  ``"condition:label"``), and that instance set is what a registered version carries (a tag);
 * ``sample_limit``: the most samples one request may ask for (sequential samplers are slow).
+
+Uses are capabilities: each name in ``CAPABILITIES`` says which protocol method serves it, which
+request fields it takes, whether requests can be pooled into one batch, whether it is random (then
+reproducible under a seed) and how many rows one request may carry. ``pipelines.serve`` mounts one
+``POST /v1/models/{name}/{endpoint}`` per capability from that table, with nothing family-specific.
+A condition is a mapping passed as the ``condition`` keyword of ``sample``, ``log_prob`` and
+``score`` (``{"label": LongTensor(n)}``, ``{"caption": [...]}``); a family without a
+``condition:<key>`` capability rejects a non-empty one (``check_condition``). See ``docs/USES.md``.
 
 Conventions: inputs and samples are tensors ``(B, *input_shape)`` in the data space, float dtype,
 values in {0, 1} (binary) or 0..L-1 (discrete). ``log_prob`` is in nats per example.
@@ -58,6 +69,110 @@ class ScoreResult:
     shared_stderr: float = 0.0
 
 
+Condition = Mapping[str, Any] | None
+"""What a conditional model is asked for: ``{"label": LongTensor(B)}``, ``{"caption": [str]}``."""
+
+
+@dataclass(frozen=True)
+class ImputeResult:
+    """The result of ``GenerativeModel.impute``.
+
+    Attributes:
+        samples: ``(S, B, *input_shape)`` imputations in the data space; wherever the mask is 1
+            every sample equals ``x`` exactly.
+        method: how the missing entries were drawn, with its settings, e.g.
+            ``"ancestral-exact"``, ``"gibbs-sweeps=200"``, ``"miwae-sir-k=500"``.
+        log_prob_missing: ``(B,)`` log p(x_missing | x_observed) of ``x``'s own values at the
+            missing entries (meaningful when ``x`` holds the truth, as in a benchmark), or
+            ``None`` where the family has no such conditional likelihood.
+        log_prob_method: what ``log_prob_missing`` is: ``"exact"``, ``"bound"`` or
+            ``"estimate"`` plus its settings; ``None`` with it.
+        stderr: ``(B,)`` standard error of an estimated ``log_prob_missing``, else ``None``.
+    """
+
+    samples: Tensor
+    method: str
+    log_prob_missing: Tensor | None = None
+    log_prob_method: str | None = None
+    stderr: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Capability:
+    """One use of a generative model, as the pipelines see it (see ``CAPABILITIES``).
+
+    Attributes:
+        name: the capability's name, e.g. ``"impute"``.
+        method: the protocol method that serves it.
+        endpoint: the path segment of ``POST /v1/models/{model}/{endpoint}``; ``None`` when the
+            capability is a field of another endpoint (``condition:*`` are fields of ``sample``).
+        fields: the request fields beyond the model reference (``alias``/``version``) and
+            ``seed``; ``x``-like fields are arrays of examples in the data space.
+        batchable: requests may be pooled along the batch axis into one model call (the result
+            of a row depends on that row alone).
+        seeded: the result is random; the same ``seed`` gives the same result.
+        max_rows: the most examples (rows of ``x``, or samples) one request may carry.
+        summary: one line for ``/v1/models``, ``--help`` and the OpenAPI schema.
+    """
+
+    name: str
+    method: str
+    endpoint: str | None
+    fields: tuple[str, ...]
+    batchable: bool
+    seeded: bool
+    max_rows: int
+    summary: str
+
+
+CAPABILITIES: dict[str, Capability] = {
+    c.name: c
+    for c in (
+        Capability(
+            "sample", "sample", "sample", ("n", "condition"), False, True, 1024,
+            "draw n samples in the data space",
+        ),
+        Capability(
+            "log_prob", "score", "log_prob", ("x", "condition"), True, True, 256,
+            "log p(x) in nats per example, with the method and standard error",
+        ),
+        Capability(
+            "embed", "embed", "embed", ("x",), True, False, 256,
+            "a latent code (B, K) per example",
+        ),
+        Capability(
+            "impute", "impute", "impute", ("x", "mask", "num_samples"), False, True, 64,
+            "fill in the entries where mask = 0; observed entries are kept exactly",
+        ),
+        Capability(
+            "classify", "classify", "classify", ("x",), True, False, 256,
+            "(B, K) class log-probabilities",
+        ),
+        Capability(
+            "translate", "translate", "translate", ("x", "direction"), True, True, 64,
+            "map images of one domain to the other",
+        ),
+        Capability(
+            "predict", "predict", "predict", ("frames", "steps"), False, True, 16,
+            "roll out the next frames of a sequence",
+        ),
+        Capability(
+            "condition:label", "sample", None, ("condition",), False, True, 1024,
+            'sample given a class: "condition": {"label": 3} (one, or one per sample)',
+        ),
+        Capability(
+            "condition:caption", "sample", None, ("condition",), False, True, 256,
+            'sample given a caption: "condition": {"caption": "3 left of 7"}',
+        ),
+    )
+}  # fmt: skip
+"""Capability name → what the pipelines need to serve it generically."""
+
+
+class MaskError(ValueError):
+    """A mask that does not fit its input (wrong shape, values other than 0/1)."""
+
+
 @dataclass(frozen=True)
 class SearchSpec:
     """One hyper-parameter's search distribution, free of any tuning library.
@@ -91,6 +206,7 @@ class GenerativeModel(nn.Module):
     search_space: ClassVar[Mapping[str, SearchSpec]] = {}
     phases: ClassVar[tuple[str, ...]] = ("main",)
     capabilities: ClassVar[frozenset[str]] = frozenset()
+    can_sample: ClassVar[bool] = True
     sample_limit: ClassVar[int] = 256
 
     def __init__(self, input_shape: tuple[int, ...], levels: int, config: BaseConfig) -> None:
@@ -109,6 +225,11 @@ class GenerativeModel(nn.Module):
         self.input_shape = input_shape
         self.levels = int(levels)
         self.config = config
+        # The instance's own set (a family may add to it in __init__, e.g. for a conditional
+        # config): what a registered version of it is tagged with.
+        self.capabilities = frozenset(type(self).capabilities) | (
+            {"sample"} if self.can_sample else set()
+        )
 
     # ----------------------------------------------------------------------------------- shapes
     @property
@@ -169,21 +290,128 @@ class GenerativeModel(nn.Module):
         return {}
 
     # ------------------------------------------------------------------------------- inference
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Draw ``n`` samples ``(n, *input_shape)`` in the data space."""
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, condition: Condition = None
+    ) -> Tensor:
+        """Draw ``n`` samples ``(n, *input_shape)`` in the data space (given ``condition``, for a
+        conditional family)."""
         raise NotImplementedError
 
-    def log_prob(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """``(B,)`` log-likelihood in nats: exact, a bound or an estimate (see ``likelihood``)."""
+    def log_prob(
+        self, x: Tensor, generator: torch.Generator | None = None, condition: Condition = None
+    ) -> Tensor:
+        """``(B,)`` log-likelihood in nats: exact, a bound or an estimate (see ``likelihood``);
+        with ``condition``, the conditional log-likelihood log p(x | condition)."""
         raise NoLikelihoodError(f"{self.family} has no tractable likelihood")
 
-    def score(self, x: Tensor, generator: torch.Generator | None = None) -> ScoreResult:
+    def score(
+        self, x: Tensor, generator: torch.Generator | None = None, condition: Condition = None
+    ) -> ScoreResult:
         """``log_prob`` with the method used and, for estimates, its standard error."""
-        return ScoreResult(self.log_prob(x, generator), method="exact", stderr=None)
+        return ScoreResult(self.log_prob(x, generator, condition), method="exact", stderr=None)
 
     def embed(self, x: Tensor) -> Tensor:
         """A latent code ``(B, K)`` for ``x``, where the family has one."""
         raise NotImplementedError(f"{self.family} has no latent code")
+
+    def impute(
+        self,
+        x: Tensor,
+        mask: Tensor,
+        generator: torch.Generator | None = None,
+        num_samples: int = 1,
+    ) -> ImputeResult:
+        """Fill in the missing entries of ``x`` (where ``mask`` is 0) from the model.
+
+        Args:
+            x: ``(B, *input_shape)`` in the data space; the values at missing entries are
+                ignored by the imputation (they are only scored by ``log_prob_missing``).
+            mask: ``x``'s shape, 1 = observed, 0 = missing (bool or 0/1 numbers).
+            generator: the random source (a seed reproduces every imputation).
+            num_samples: S, the number of imputations per example (multiple imputation).
+
+        Returns:
+            ``ImputeResult`` with ``samples`` ``(S, B, *input_shape)``; every sample equals ``x``
+            wherever the mask is 1 (enforced here), so a row with nothing missing comes back as
+            ``x`` and a row with nothing observed is a plain sample.
+
+        Families implement ``_impute`` with the same arguments, already validated.
+        """
+        if "impute" not in self.capabilities:
+            raise NotImplementedError(f"{self.family} cannot impute")
+        x = self.check_input(x)
+        mask = self.check_mask(x, mask)
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        result = self._impute(x, mask, generator, num_samples)
+        want = (num_samples, *x.shape)
+        if tuple(result.samples.shape) != want:
+            raise RuntimeError(
+                f"{self.family}._impute returned samples of shape "
+                f"{tuple(result.samples.shape)}, expected {want}"
+            )
+        samples = torch.where(mask.bool(), x, result.samples.to(x.dtype))
+        return dataclasses.replace(result, samples=samples)
+
+    def _impute(
+        self, x: Tensor, mask: Tensor, generator: torch.Generator | None, num_samples: int
+    ) -> ImputeResult:
+        """The family's imputation (see ``impute``); inputs are validated, mask is float 0/1."""
+        raise NotImplementedError(f"{self.family} cannot impute")
+
+    def classify(self, x: Tensor) -> Tensor:
+        """``(B, K)`` class log-probabilities, where the family classifies."""
+        raise NotImplementedError(f"{self.family} does not classify")
+
+    def translate(
+        self, x: Tensor, direction: str, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """``x`` mapped to the other domain (``direction`` names it), where the family translates."""
+        raise NotImplementedError(f"{self.family} does not translate")
+
+    def predict(
+        self, frames: Tensor, steps: int, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """The next ``steps`` frames after ``frames``, where the family predicts sequences."""
+        raise NotImplementedError(f"{self.family} does not predict frames")
+
+    # ------------------------------------------------------------------------------ validation
+    def check_mask(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Validate a missing-data mask for ``x`` (same shape, values 0/1); return it as float.
+
+        A mask of shape ``(B, D)`` for image inputs is reshaped when ``D`` matches."""
+        mask = torch.as_tensor(mask)
+        if tuple(mask.shape) != tuple(x.shape):
+            if mask.dim() == 2 and tuple(mask.shape) == (len(x), self.num_dims):
+                mask = mask.reshape(x.shape)
+            else:
+                raise MaskError(
+                    f"mask must have the input's shape {tuple(x.shape)}, got {tuple(mask.shape)}"
+                )
+        if mask.dtype != torch.bool:
+            if not torch.isfinite(mask.double()).all() or ((mask != 0) & (mask != 1)).any():
+                raise MaskError("mask values must be 0 (missing) or 1 (observed)")
+        return mask.to(device=x.device, dtype=x.dtype)
+
+    def check_condition(self, condition: Condition) -> dict[str, Any] | None:
+        """``None`` for no condition; a family without a ``condition:<key>`` capability for every
+        key given rejects it with an error that names what it accepts."""
+        if condition is None or (isinstance(condition, Mapping) and not condition):
+            return None
+        if not isinstance(condition, Mapping):
+            raise ValueError(
+                f"condition must be a mapping such as {{'label': 3}}, got {condition!r}"
+            )
+        accepted = sorted(
+            c.split(":", 1)[1] for c in self.capabilities if c.startswith("condition:")
+        )
+        unknown = sorted(k for k in condition if k not in accepted)
+        if unknown:
+            what = f"accepts only {', '.join(accepted)}" if accepted else "is unconditional"
+            raise ValueError(
+                f"{self.family}: this model {what}; got condition key(s) {', '.join(unknown)}"
+            )
+        return dict(condition)
 
     # --------------------------------------------------------------------------------- helpers
     def export_config(self) -> dict[str, Any]:
@@ -219,7 +447,10 @@ class BernoulliAutoregressive(GenerativeModel):
         nll = -bernoulli_log_prob(self.logits(x), x).mean()
         return {"loss": nll, "nll": nll.detach()}
 
-    def log_prob(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def log_prob(
+        self, x: Tensor, generator: torch.Generator | None = None, condition: Condition = None
+    ) -> Tensor:
+        self.check_condition(condition)
         x = self.check_input(x)
         return bernoulli_log_prob(self.logits(x), x)
 
@@ -228,8 +459,23 @@ def register(cls: type[GenerativeModel]) -> type[GenerativeModel]:
     """Class decorator: add a family to the registry under ``cls.family``."""
     if cls.family in _FAMILIES:
         raise ValueError(f"family {cls.family!r} is registered twice")
+    check_capabilities(cls, cls.capabilities)
     _FAMILIES[cls.family] = cls
     return cls
+
+
+def check_capabilities(cls: type[GenerativeModel], names: frozenset[str]) -> None:
+    """Every declared capability is known and its protocol method is the family's own."""
+    for name in sorted(names):
+        if name not in CAPABILITIES:
+            raise ValueError(
+                f"{cls.family}: unknown capability {name!r}; known: {', '.join(CAPABILITIES)}"
+            )
+        if name.startswith("condition:"):
+            continue  # a keyword of sample(); the family's check_condition accepts it
+        method = {"impute": "_impute", "log_prob": "log_prob"}.get(name, CAPABILITIES[name].method)
+        if getattr(cls, method) is getattr(GenerativeModel, method):
+            raise TypeError(f"{cls.family} declares {name!r} but does not implement {method}()")
 
 
 def families() -> list[str]:

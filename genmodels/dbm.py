@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .ais import AISResult, anneal, schedule
-from .base import BaseConfig, GenerativeModel, ScoreResult, SearchSpec, register
+from .base import BaseConfig, Condition, GenerativeModel, ScoreResult, SearchSpec, register
 from .rbm import bernoulli, binary_codes
 
 Params = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]  # (W1, W2, a, b1, b2)
@@ -428,7 +428,10 @@ class DBM(GenerativeModel):
             self.prepare_scoring(torch.Generator().manual_seed(self.config.seed + 4242))
 
     @torch.no_grad()
-    def score(self, x: Tensor, generator: torch.Generator | None = None) -> ScoreResult:
+    def score(
+        self, x: Tensor, generator: torch.Generator | None = None, condition: Condition = None
+    ) -> ScoreResult:
+        self.check_condition(condition)
         v = self.check_input(x).flatten(1).to(self.w1.dtype)
         self._ensure_log_z()
         _, exact_posterior = self.exact_sizes()
@@ -445,7 +448,10 @@ class DBM(GenerativeModel):
         se = float(self.log_z_stderr)
         return ScoreResult(log_p, method, torch.full_like(log_p, se), shared_stderr=se)
 
-    def log_prob(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def log_prob(
+        self, x: Tensor, generator: torch.Generator | None = None, condition: Condition = None
+    ) -> Tensor:
+        self.check_condition(condition)
         return self.score(x, generator).log_prob
 
     @torch.no_grad()
@@ -454,8 +460,11 @@ class DBM(GenerativeModel):
         return self.mean_field(v, self.config.score_mean_field_steps)[1]
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, condition: Condition = None
+    ) -> Tensor:
         """Gibbs sampling for ``sample_steps`` sweeps from uniformly random states."""
+        self.check_condition(condition)
         like = self.w1
         v = bernoulli(torch.full((n, self.num_dims), 0.5, dtype=like.dtype), generator)
         h2 = bernoulli(torch.full((n, len(self.bias_h2)), 0.5, dtype=like.dtype), generator)

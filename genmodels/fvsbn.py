@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import BaseConfig, BernoulliAutoregressive, SearchSpec, register
+from .base import BaseConfig, BernoulliAutoregressive, Condition, SearchSpec, register
 from .layers import MaskedLinear
 
 
@@ -54,7 +54,10 @@ class FVSBN(BernoulliAutoregressive):
         return self.linear(x.flatten(1))
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, condition: Condition = None
+    ) -> Tensor:
+        self.check_condition(condition)
         weight = self.linear.weight * self.linear.masks[self.linear.mask_index]  # (D, D)
         bias = self.linear.bias
         x = torch.zeros(n, self.num_dims, device=weight.device, dtype=weight.dtype)

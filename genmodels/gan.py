@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import BaseConfig, GenerativeModel, SearchSpec, register
+from .base import BaseConfig, Condition, GenerativeModel, SearchSpec, register
 
 GeneratorLoss = Literal["non_saturating", "minimax"]
 
@@ -284,7 +284,10 @@ class GAN(GenerativeModel):
 
     # ----------------------------------------------------------------------------- inference
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, condition: Condition = None
+    ) -> Tensor:
+        self.check_condition(condition)
         p = next(self.generator.parameters())
         z = torch.randn((n, self.config.latent_dim), generator=generator, dtype=p.dtype)
         was_training = self.generator.training

@@ -42,7 +42,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .base import BaseConfig, GenerativeModel, SearchSpec, bernoulli_log_prob, register
+from .base import BaseConfig, Condition, GenerativeModel, SearchSpec, bernoulli_log_prob, register
 
 SampleOutput = Literal["state", "mode"]
 
@@ -229,7 +229,10 @@ class GSN(GenerativeModel):
                     out.append(x)
         return torch.stack(out)
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, condition: Condition = None
+    ) -> Tensor:
+        self.check_condition(condition)
         return self.chain(n, 1, generator)[0]
 
     @torch.no_grad()

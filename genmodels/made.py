@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from .base import (
     BaseConfig,
+    Condition,
     GenerativeModel,
     SearchSpec,
     bernoulli_log_prob,
@@ -113,13 +114,19 @@ class MADE(GenerativeModel):
         nll = -self._log_prob_mask(x, k).mean()
         return {"loss": nll, "nll": nll.detach()}
 
-    def log_prob(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def log_prob(
+        self, x: Tensor, generator: torch.Generator | None = None, condition: Condition = None
+    ) -> Tensor:
+        self.check_condition(condition)
         x = self.check_input(x)
         per_mask = torch.stack([self._log_prob_mask(x, k) for k in range(self.config.num_masks)], 1)
         return log_mean_exp(per_mask, dim=1)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, condition: Condition = None
+    ) -> Tensor:
+        self.check_condition(condition)
         d = self.num_dims
         device = self.orders.device
         # The mixture: each sample picks one mask uniformly, then is drawn in that mask's order.

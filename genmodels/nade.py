@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .base import BaseConfig, BernoulliAutoregressive, SearchSpec, register
+from .base import BaseConfig, BernoulliAutoregressive, Condition, SearchSpec, register
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,10 @@ class NADE(BernoulliAutoregressive):
         return torch.empty_like(out).index_copy_(1, self.order, out)  # back to dimension order
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, condition: Condition = None
+    ) -> Tensor:
+        self.check_condition(condition)
         device, dtype = self.W.device, self.W.dtype
         x = torch.zeros(n, self.num_dims, device=device, dtype=dtype)
         a = self.c.expand(n, -1).clone()  # (n, H), the running pre-activation

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import BaseConfig, GenerativeModel, SearchSpec, register
+from .base import BaseConfig, Condition, GenerativeModel, SearchSpec, register
 from .layers import MaskedConv2d
 
 LOG_SCALE_MIN, LOG_SCALE_MAX = -7.0, 7.0
@@ -210,10 +210,16 @@ class PixelCNN(GenerativeModel):
         nll = -self._log_prob(batch["x"].float()).mean()
         return {"loss": nll, "nll": nll.detach()}
 
-    def log_prob(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def log_prob(
+        self, x: Tensor, generator: torch.Generator | None = None, condition: Condition = None
+    ) -> Tensor:
+        self.check_condition(condition)
         return self._log_prob(self.check_input(x))
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, condition: Condition = None
+    ) -> Tensor:
+        self.check_condition(condition)
         return self._sample(n, generator, cropped=True)
 
     @torch.no_grad()

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ais
-from .base import BaseConfig, GenerativeModel, ScoreResult, SearchSpec, register
+from .base import BaseConfig, Condition, GenerativeModel, ScoreResult, SearchSpec, register
 
 
 @dataclass(frozen=True)
@@ -308,7 +308,10 @@ class RBM(GenerativeModel):
         return "exact-logz" if m == 0 else f"ais-M={m}-K={k}"
 
     # ------------------------------------------------------------------------------- inference
-    def score(self, x: Tensor, generator: torch.Generator | None = None) -> ScoreResult:
+    def score(
+        self, x: Tensor, generator: torch.Generator | None = None, condition: Condition = None
+    ) -> ScoreResult:
+        self.check_condition(condition)
         x = self.check_input(x)
         if not self.log_z_valid:  # stale: the validation settings, a fixed seed
             self.prepare_scoring(torch.Generator().manual_seed(self.config.seed + 4242))
@@ -318,11 +321,17 @@ class RBM(GenerativeModel):
             log_p, self.scoring_method, torch.full_like(log_p, stderr), shared_stderr=stderr
         )
 
-    def log_prob(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def log_prob(
+        self, x: Tensor, generator: torch.Generator | None = None, condition: Condition = None
+    ) -> Tensor:
+        self.check_condition(condition)
         return self.score(x, generator).log_prob
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, condition: Condition = None
+    ) -> Tensor:
+        self.check_condition(condition)
         v = self._base_noise(n, generator)
         return self.gibbs(v, self.config.sample_steps, generator).view(n, *self.input_shape)
 

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from .base import (
     BaseConfig,
+    Condition,
     GenerativeModel,
     ScoreResult,
     SearchSpec,
@@ -245,12 +246,20 @@ class RealNVP(GenerativeModel):
         return torch.cat(chunks)
 
     def log_prob(
-        self, x: Tensor, generator: torch.Generator | None = None, k: int | None = None
+        self,
+        x: Tensor,
+        generator: torch.Generator | None = None,
+        k: int | None = None,
+        condition: Condition = None,
     ) -> Tensor:
+        self.check_condition(condition)
         x = self.check_input(x)
         return log_mean_exp(self.log_weights(x, k or self.config.dequant_samples, generator), 0)
 
-    def score(self, x: Tensor, generator: torch.Generator | None = None) -> ScoreResult:
+    def score(
+        self, x: Tensor, generator: torch.Generator | None = None, condition: Condition = None
+    ) -> ScoreResult:
+        self.check_condition(condition)
         x = self.check_input(x)
         k = self.config.dequant_samples
         estimate, stderr = importance_weighted(self.log_weights(x, k, generator))
@@ -281,9 +290,14 @@ class RealNVP(GenerativeModel):
 
     @torch.no_grad()
     def sample(
-        self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        temperature: float = 1.0,
+        condition: Condition = None,
     ) -> Tensor:
         """Samples in the data space: x = floor(L y), clipped to 0..L-1."""
+        self.check_condition(condition)
         y = self.sample_continuous(n, generator, temperature)
         return (y * self.levels).floor().clamp(0, self.levels - 1).float()
 

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from .base import (
     LOG_2PI,
     BaseConfig,
+    Condition,
     GenerativeModel,
     ScoreResult,
     SearchSpec,
@@ -193,19 +194,30 @@ class VAE(GenerativeModel):
         return torch.cat(chunks, 0)
 
     def log_prob(
-        self, x: Tensor, generator: torch.Generator | None = None, k: int | None = None
+        self,
+        x: Tensor,
+        generator: torch.Generator | None = None,
+        k: int | None = None,
+        condition: Condition = None,
     ) -> Tensor:
+        self.check_condition(condition)
         x = self.check_input(x)
         return log_mean_exp(self.log_weights(x, k or self.config.eval_k, generator), dim=0)
 
-    def score(self, x: Tensor, generator: torch.Generator | None = None) -> ScoreResult:
+    def score(
+        self, x: Tensor, generator: torch.Generator | None = None, condition: Condition = None
+    ) -> ScoreResult:
+        self.check_condition(condition)
         x = self.check_input(x)
         k = self.config.eval_k
         estimate, stderr = importance_weighted(self.log_weights(x, k, generator))
         return ScoreResult(estimate, method=f"iwae-k={k}", stderr=stderr)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, condition: Condition = None
+    ) -> Tensor:
+        self.check_condition(condition)
         device = next(self.parameters()).device
         z = torch.randn((n, self.config.latent_dim), generator=generator).to(device)
         p = torch.sigmoid(self.decoder(z))
