@@ -164,6 +164,7 @@ def register_model(
         "likelihood": model.likelihood,
         "input_shape": json.dumps(list(model.input_shape)),
         "levels": str(model.levels),
+        "capabilities": json.dumps(sorted(model.capabilities)),
         "code_version": code_version(),
         "run_id": run_id,
         **{f"metric.{k}": repr(float(v)) for k, v in metrics.items()},
