@@ -9,8 +9,13 @@
 # Importing a family module registers it.
 from . import aae, avb, dbm, fvsbn, gan, gsn, made, nade, pixelcnn, rbm, realnvp, vae  # noqa: F401
 from .base import (
+    CAPABILITIES,
     BaseConfig,
+    Capability,
+    Condition,
     GenerativeModel,
+    ImputeResult,
+    MaskError,
     NoLikelihoodError,
     ScoreResult,
     SearchSpec,
@@ -22,8 +27,13 @@ from .base import (
 )
 
 __all__ = [
+    "CAPABILITIES",
     "BaseConfig",
+    "Capability",
+    "Condition",
     "GenerativeModel",
+    "ImputeResult",
+    "MaskError",
     "NoLikelihoodError",
     "ScoreResult",
     "SearchSpec",

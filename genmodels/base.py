@@ -112,7 +112,12 @@ class Capability:
             of a row depends on that row alone).
         seeded: the result is random; the same ``seed`` gives the same result.
         max_rows: the most examples (rows of ``x``, or samples) one request may carry.
+        returns: the response field of a plain tensor result (a dataclass result such as
+            ``ScoreResult`` or ``ImputeResult`` gives its own fields).
         summary: one line for ``/v1/models``, ``--help`` and the OpenAPI schema.
+
+    The request fields are the method's keyword arguments by name (plus ``generator`` from the
+    seed when ``seeded``), so a server calls ``getattr(model, method)(**fields)`` generically.
     """
 
     name: str
@@ -122,6 +127,7 @@ class Capability:
     batchable: bool
     seeded: bool
     max_rows: int
+    returns: str
     summary: str
 
 
@@ -129,39 +135,39 @@ CAPABILITIES: dict[str, Capability] = {
     c.name: c
     for c in (
         Capability(
-            "sample", "sample", "sample", ("n", "condition"), False, True, 1024,
+            "sample", "sample", "sample", ("n", "condition"), False, True, 1024, "samples",
             "draw n samples in the data space",
         ),
         Capability(
-            "log_prob", "score", "log_prob", ("x", "condition"), True, True, 256,
+            "log_prob", "score", "log_prob", ("x", "condition"), True, True, 256, "log_prob",
             "log p(x) in nats per example, with the method and standard error",
         ),
         Capability(
-            "embed", "embed", "embed", ("x",), True, False, 256,
+            "embed", "embed", "embed", ("x",), True, False, 256, "embedding",
             "a latent code (B, K) per example",
         ),
         Capability(
-            "impute", "impute", "impute", ("x", "mask", "num_samples"), False, True, 64,
+            "impute", "impute", "impute", ("x", "mask", "num_samples"), False, True, 64, "samples",
             "fill in the entries where mask = 0; observed entries are kept exactly",
         ),
         Capability(
-            "classify", "classify", "classify", ("x",), True, False, 256,
+            "classify", "classify", "classify", ("x",), True, False, 256, "log_probs",
             "(B, K) class log-probabilities",
         ),
         Capability(
-            "translate", "translate", "translate", ("x", "direction"), True, True, 64,
+            "translate", "translate", "translate", ("x", "direction"), True, True, 64, "images",
             "map images of one domain to the other",
         ),
         Capability(
-            "predict", "predict", "predict", ("frames", "steps"), False, True, 16,
+            "predict", "predict", "predict", ("frames", "steps"), False, True, 16, "frames",
             "roll out the next frames of a sequence",
         ),
         Capability(
-            "condition:label", "sample", None, ("condition",), False, True, 1024,
+            "condition:label", "sample", None, ("condition",), False, True, 1024, "samples",
             'sample given a class: "condition": {"label": 3} (one, or one per sample)',
         ),
         Capability(
-            "condition:caption", "sample", None, ("condition",), False, True, 256,
+            "condition:caption", "sample", None, ("condition",), False, True, 256, "samples",
             'sample given a caption: "condition": {"caption": "3 left of 7"}',
         ),
     )
