@@ -6,6 +6,16 @@ One deployment, ``GenModelsServer``, with a FastAPI ingress::
     GET  /v1/models                      registered models, their aliases and aliased versions
     POST /v1/models/{name}/sample        {"n", "seed"?, "alias"="champion" | "version"?}
     POST /v1/models/{name}/score         {"x", "seed"?, "alias" | "version"?}  (log p(x) in nats)
+    POST /v1/models/{name}/{capability}  every other use the version has: log_prob (= score),
+                                         embed, impute, classify, translate, predict
+
+Capabilities (``genmodels.CAPABILITIES``) are mounted generically: the table says which method
+serves each, its request fields (the method's keyword arguments), whether requests may be pooled
+into one batch, whether the result is random (then ``seed`` reproduces it) and the most rows per
+request. A version's ``capabilities`` tag (written at registration) says what it offers, so a
+call it lacks is a 422 naming the capability, decided before any model is loaded. A
+``condition`` (``{"label": 3}`` — one value, or one per row — or ``{"caption": "..."}``) is a
+field of ``sample`` and ``score``; it needs the matching ``condition:<key>`` capability.
 
 Design:
 
@@ -24,7 +34,8 @@ Design:
   model (a lock: families keep state such as MADE's current mask). Each request has a deadline
   (``request_timeout_s``) → 504; work already started finishes in the background (a model load
   is then cached for the next request).
-* Errors are ``{"error": {"status", "message"}}``: 400 malformed JSON, 422 invalid body or input,
+* Errors are ``{"error": {"status", "message"}}``: 400 malformed JSON, 422 invalid body or input
+  (including a ``ValueError`` the model raises on its input, and a capability the version lacks),
   404 unknown model/alias/version, 501 family not installed here, 503 registry unreachable,
   504 deadline, 500 a logged bug.
   The body is parsed here (not by FastAPI) so that bad JSON is a 400; the pydantic request models
@@ -34,6 +45,7 @@ Design:
 """
 
 import asyncio
+import dataclasses
 import json
 import logging
 import math
@@ -47,7 +59,7 @@ import numpy as np
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -68,12 +80,47 @@ class _Ref(_Strict):
     seed: int | None = Field(None, ge=0, lt=2**63, description="seed of the torch generator")
 
 
+_CONDITION = Field(
+    None,
+    description='what a conditional model is asked for: {"label": 3}, {"label": [1, 2]} (one per '
+    'row) or {"caption": "3 left of 7"}; needs the condition:<key> capability',
+)
+
+
 class SampleRequest(_Ref):
     n: int = Field(ge=1, description="number of samples, at most the model's sample limit")
+    condition: dict[str, Any] | None = _CONDITION
 
 
 class ScoreRequest(_Ref):
     x: list[Any] = Field(description="(B, *input_shape) or (B, D) nested list of integers")
+    condition: dict[str, Any] | None = _CONDITION
+
+
+# The request fields of the generic capability endpoints, by name (= the method's keyword).
+_FIELDS: dict[str, tuple[Any, Any]] = {
+    "x": (
+        list[Any],
+        Field(description="(B, *input_shape) or (B, D) nested list in the data space"),
+    ),
+    "mask": (list[Any], Field(description="x's shape; 1 = observed, 0 = missing")),
+    "num_samples": (int, Field(1, ge=1, description="imputations per example")),
+    "condition": (dict[str, Any] | None, _CONDITION),
+    "direction": (str, Field(min_length=1, max_length=64, description="the target domain")),
+    "frames": (list[Any], Field(description="(B, T, *frame_shape) nested list in the data space")),
+    "steps": (int, Field(1, ge=1, description="how many frames to roll out")),
+}
+_BY_ENDPOINT = {c.endpoint: c for c in genmodels.CAPABILITIES.values() if c.endpoint}
+_REQUESTS: dict[str, type[BaseModel]] = {
+    c.name: create_model(
+        "".join(w.title() for w in c.name.split("_")) + "Request",
+        __base__=_Ref,
+        __doc__=c.summary,
+        **{f: _FIELDS[f] for f in c.fields},
+    )
+    for c in _BY_ENDPOINT.values()
+    if c.name not in ("sample", "log_prob")
+}
 
 
 class SampleResponse(BaseModel):
@@ -103,6 +150,8 @@ class ServeConfig(BaseModel):
     max_models: int = Field(8, ge=1, description="models cached per replica (LRU)")
     batch_wait_s: float = Field(0.01, ge=0, description="how long a score batch waits to fill")
     alias_ttl_s: float = Field(10.0, ge=0, description="how long alias→version is cached")
+    max_num_samples: int = Field(16, ge=1, description="most imputations per example (impute)")
+    max_steps: int = Field(10, ge=1, description="most frames rolled out per request (predict)")
 
 
 class ApiError(Exception):
@@ -171,9 +220,14 @@ class _Loaded:
     def __init__(self, model: genmodels.GenerativeModel) -> None:
         self.model, self.lock = model, threading.Lock()
 
-    def call(self, method: str, *args: Any) -> Any:
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``model.method(*args, **kwargs)``; a ``ValueError`` (the model refusing its input,
+        e.g. a condition it does not accept) becomes a 422."""
         with self.lock, torch.no_grad():
-            return getattr(self.model, method)(*args)
+            try:
+                return getattr(self.model, method)(*args, **kwargs)
+            except ValueError as e:
+                raise ApiError(422, str(e)) from None
 
 
 @dataclass
@@ -182,34 +236,125 @@ class _Item:
     model: _Loaded
     x: torch.Tensor
     seed: int | None
+    method: str = "score"
+    kwargs: dict[str, Any] | None = None
 
 
 def _generator(seed: int | None) -> torch.Generator | None:
     return None if seed is None else torch.Generator().manual_seed(seed)
 
 
-def _to_batch(x: list, shape: tuple[int, ...], levels: int, max_batch: int) -> torch.Tensor:
+def _to_batch(
+    x: list, shape: tuple[int, ...], levels: int, max_batch: int, what: str = "x"
+) -> torch.Tensor:
     """Validate ``x`` against the version's shape and data space; a float tensor (B, *shape)."""
     if len(x) > max_batch:
         raise ApiError(422, f"batch of {len(x)} examples is over the limit of {max_batch}")
     try:
         a = np.asarray(x)
     except (ValueError, TypeError, OverflowError):
-        raise ApiError(422, "x must be a rectangular nested list of numbers") from None
+        raise ApiError(422, f"{what} must be a rectangular nested list of numbers") from None
     if a.dtype.kind not in "iuf":
-        raise ApiError(422, "x must be a rectangular nested list of numbers")
+        raise ApiError(422, f"{what} must be a rectangular nested list of numbers")
     d = math.prod(shape)
     if a.ndim == 0 or len(a) == 0:
-        raise ApiError(422, "x must hold at least one example")
+        raise ApiError(422, f"{what} must hold at least one example")
     if a.shape[1:] != shape and a.shape[1:] != (d,):
         raise ApiError(
-            422, f"x must have shape (B, {', '.join(map(str, shape))}) or (B, {d}); got {a.shape}"
+            422,
+            f"{what} must have shape (B, {', '.join(map(str, shape))}) or (B, {d}); got {a.shape}",
         )
     if not np.isfinite(a).all():
-        raise ApiError(422, "x contains NaN or infinite values")
+        raise ApiError(422, f"{what} contains NaN or infinite values")
     if ((a < 0) | (a > levels - 1) | (a != np.round(a))).any():
-        raise ApiError(422, f"x values must be integers in 0..{levels - 1} ({_data_space(levels)})")
+        space = "0 (missing) or 1 (observed)" if what == "mask" else _data_space(levels)
+        raise ApiError(422, f"{what} values must be integers in 0..{levels - 1} ({space})")
     return torch.from_numpy(a.astype(np.float32)).reshape(len(a), *shape)
+
+
+def _condition(cond: dict[str, Any] | None, rows: int) -> dict[str, Any] | None:
+    """The wire form of a condition → the model's: an int or one int per row → a LongTensor
+    (rows,); a string or one string per row → a list of rows strings."""
+    if not cond:
+        return None
+    out: dict[str, Any] = {}
+    for key, value in cond.items():
+        values = value if isinstance(value, list) else [value] * rows
+        if len(values) != rows:
+            raise ApiError(
+                422, f"condition.{key}: give one value or one per row ({rows}), got {len(values)}"
+            )
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            if any(abs(v) >= 2**63 for v in values):
+                raise ApiError(422, f"condition.{key}: integer out of range")
+            out[key] = torch.tensor(values, dtype=torch.long)
+        elif all(isinstance(v, str) and len(v) <= 1024 for v in values):
+            out[key] = list(values)
+        else:
+            raise ApiError(
+                422,
+                f"condition.{key} must be an integer or a string (or a list of them, one per row)",
+            )
+    return out
+
+
+def _split(result: Any, sizes: list[int]) -> list[Any]:
+    """Split a pooled result along the batch axis: a tensor, or a dataclass of per-row tensors."""
+    if isinstance(result, torch.Tensor):
+        return list(result.split(sizes))
+    parts = {
+        f.name: getattr(result, f.name).split(sizes)
+        for f in dataclasses.fields(result)
+        if isinstance(getattr(result, f.name), torch.Tensor)
+    }
+    return [
+        dataclasses.replace(result, **{k: v[i] for k, v in parts.items()})
+        for i in range(len(sizes))
+    ]
+
+
+def _to_json(value: Any, integral: bool = False) -> Any:
+    """A tensor as nested lists (ints when ``integral``; non-finite floats as null)."""
+    a = value.detach().cpu().numpy()
+    if integral:
+        return a.astype(np.int64).tolist()
+    a = a.astype(np.float64)
+    if np.isfinite(a).all():
+        return a.tolist()
+    return np.where(np.isfinite(a), a, None).tolist()
+
+
+def _result_fields(result: Any, cap: genmodels.Capability) -> dict[str, Any]:
+    """A capability's result as response fields (a tensor under ``cap.returns``; a dataclass as
+    its fields; samples in the data space as integers)."""
+    if isinstance(result, torch.Tensor):
+        return {cap.returns: _to_json(result, integral=cap.returns == "samples")}
+    out = {}
+    for f in dataclasses.fields(result):
+        value = getattr(result, f.name)
+        if isinstance(value, torch.Tensor):
+            value = _to_json(value, integral=f.name == "samples")
+        out[f.name] = value
+    return out
+
+
+def _to_frames(frames: list, levels: int, max_batch: int) -> torch.Tensor:
+    """Validate a batch of frame sequences (B, T, ...) for the data space; the family checks
+    the frame shape."""
+    if len(frames) > max_batch:
+        raise ApiError(422, f"batch of {len(frames)} sequences is over the limit of {max_batch}")
+    try:
+        a = np.asarray(frames)
+    except (ValueError, TypeError, OverflowError):
+        raise ApiError(422, "frames must be a rectangular nested list of numbers") from None
+    if a.dtype.kind not in "iuf" or a.ndim < 3 or len(a) == 0:
+        raise ApiError(422, "frames must be a non-empty (B, T, ...) nested list of numbers")
+    if not np.isfinite(a).all() or ((a < 0) | (a > levels - 1) | (a != np.round(a))).any():
+        raise ApiError(422, f"frames values must be integers in 0..{levels - 1}")
+    return torch.from_numpy(a.astype(np.float32))
+
+
+_METHOD_CAPABILITY = {c.method: c.name for c in genmodels.CAPABILITIES.values() if c.endpoint}
 
 
 def _rows(items: list[_Item]) -> int:
@@ -266,6 +411,17 @@ class GenModelsServer:
     async def score(self, name: str, request: Request) -> JSONResponse:
         return await self._guard(self._score(name, request))
 
+    @api.post(
+        "/v1/models/{name}/{capability}",
+        summary="Use a capability of the model",
+        description="; ".join(
+            f"`{c.endpoint}`: {c.summary} (fields: {', '.join(c.fields)})"
+            for c in _BY_ENDPOINT.values()
+        ),
+    )
+    async def use(self, name: str, capability: str, request: Request) -> JSONResponse:
+        return await self._guard(self._use(name, capability, request))
+
     # -------------------------------------------------------------------------------- helpers
     async def _guard(self, coro) -> JSONResponse:
         """Run a handler under the deadline; map every failure to a JSON error."""
@@ -287,6 +443,33 @@ class GenModelsServer:
         except Exception as e:
             logger.exception("genmodels serve: unexpected error")
             return _error(500, f"internal error: {type(e).__name__}: {e}")
+
+    def _capabilities(self, v: _Version) -> frozenset[str]:
+        """What the version offers: its tag, or (versions registered before the tag existed)
+        the family's declared defaults."""
+        tag = v.tags.get("capabilities")
+        if tag:
+            return frozenset(json.loads(tag))
+        if v.family not in genmodels.families():
+            return frozenset()
+        cls = genmodels.family_class(v.family)
+        return frozenset(cls.capabilities) | ({"sample"} if cls.can_sample else set())
+
+    def _require(self, name: str, v: _Version, capability: str) -> None:
+        """501 for a family this server lacks; 422 naming a capability the version lacks."""
+        if v.family not in genmodels.families():
+            raise ApiError(501, f"{name}: family {v.family!r} is not installed on this server")
+        have = self._capabilities(v)
+        if capability not in have:
+            raise ApiError(
+                422,
+                f"{name} v{v.version} has no capability {capability!r}; "
+                f"it has: {', '.join(sorted(have)) or 'none'}",
+            )
+
+    def _require_condition(self, name: str, v: _Version, condition: dict | None) -> None:
+        for key in condition or {}:
+            self._require(name, v, f"condition:{key}")
 
     def _limit(self, family: str) -> int | None:
         """The most samples per request; None for a family this server does not have."""
@@ -330,6 +513,7 @@ class GenModelsServer:
             "levels": levels,
             "data_space": _data_space(levels),
             "sample_limit": self._limit(v.family),
+            "capabilities": sorted(self._capabilities(v)),
         }
 
     async def _models(self) -> dict[str, Any]:
@@ -359,8 +543,13 @@ class GenModelsServer:
             raise ApiError(
                 422, f"n={body.n} is over the limit of {limit} samples per request for {name}"
             )
+        self._require(name, v, "sample")
+        self._require_condition(name, v, body.condition)
+        condition = _condition(body.condition, body.n)
         loaded = await self._load(v.key)
-        x = await asyncio.to_thread(loaded.call, "sample", body.n, _generator(body.seed))
+        x = await asyncio.to_thread(
+            loaded.call, "sample", body.n, generator=_generator(body.seed), condition=condition
+        )
         return {
             "model": name,
             "version": int(v.version),
@@ -373,18 +562,22 @@ class GenModelsServer:
         v = await self._resolve(name, body)
         if v.tags.get("likelihood") == "none":
             raise ApiError(422, f"{name}: family {v.family!r} has no likelihood to score")
+        self._require(name, v, "log_prob")
+        self._require_condition(name, v, body.condition)
         shape, levels = v.spec
         loaded = None if shape else await self._load(v.key)  # an untagged version: ask the model
         if loaded is not None:
             shape, levels = loaded.model.input_shape, loaded.model.levels
         x = _to_batch(body.x, shape, levels, self.cfg.max_batch)
+        condition = _condition(body.condition, len(x))
         loaded = loaded or await self._load(v.key)
-        pooled = body.seed is None or loaded.model.likelihood == "exact"
+        pooled = (body.seed is None or loaded.model.likelihood == "exact") and condition is None
         group = v.key if pooled else (v.key, object())  # a seeded estimate is scored alone
-        result = await self._score_batch(_Item(group, loaded, x, body.seed))
+        kwargs = {"condition": condition} if condition is not None else None
+        result = await self._score_batch(_Item(group, loaded, x, body.seed, "score", kwargs))
         if isinstance(result, Exception):
             raise result
-        log_prob, stderr, method = result
+        log_prob, stderr, method = result.log_prob, result.stderr, result.method
         d = math.prod(shape)
         lp = log_prob.tolist()
         return {
@@ -396,9 +589,78 @@ class GenModelsServer:
             "stderr": stderr.tolist() if stderr is not None else None,
         }
 
+    async def _use(self, name: str, endpoint: str, request: Request) -> dict[str, Any]:
+        """Any capability with an endpoint, generically from ``genmodels.CAPABILITIES``."""
+        cap = _BY_ENDPOINT.get(endpoint)
+        if cap is None:
+            raise ApiError(
+                404, f"no endpoint {endpoint!r}; capability endpoints: {', '.join(_BY_ENDPOINT)}"
+            )
+        if cap.name == "log_prob":
+            return await self._score(name, request)
+        if cap.name == "sample":
+            return await self._sample(name, request)
+        body = await _parse(request, _REQUESTS[cap.name])
+        v = await self._resolve(name, body)
+        self._require(name, v, cap.name)
+        shape, levels = v.spec
+        loaded = None if shape else await self._load(v.key)  # an untagged version: ask the model
+        if loaded is not None:
+            shape, levels = loaded.model.input_shape, loaded.model.levels
+        rows = min(cap.max_rows, self.cfg.max_batch)
+        kwargs: dict[str, Any] = {}
+        for field in cap.fields:
+            value = getattr(body, field)
+            if field == "x":
+                value = _to_batch(value, shape, levels, rows)
+            elif field == "mask":
+                value = _to_batch(value, shape, 2, rows, what="mask")
+            elif field == "frames":
+                value = _to_frames(value, levels, rows)
+            kwargs[field] = value
+        if "mask" in kwargs and len(kwargs["mask"]) != len(kwargs["x"]):
+            raise ApiError(
+                422, f"mask has {len(kwargs['mask'])} rows for {len(kwargs['x'])} rows of x"
+            )
+        n_rows = len(kwargs.get("x", kwargs.get("frames", [])))
+        if "num_samples" in kwargs:
+            top = min(self.cfg.max_num_samples, max(1, self.cfg.max_batch // max(1, n_rows)))
+            if kwargs["num_samples"] > top:
+                raise ApiError(
+                    422,
+                    f"num_samples={kwargs['num_samples']} is over the limit of {top} "
+                    f"for {n_rows} rows (at most {self.cfg.max_batch} imputations per request)",
+                )
+        if "steps" in kwargs and kwargs["steps"] > self.cfg.max_steps:
+            raise ApiError(
+                422, f"steps={kwargs['steps']} is over the limit of {self.cfg.max_steps}"
+            )
+        if "condition" in kwargs:
+            self._require_condition(name, v, kwargs["condition"])
+            kwargs["condition"] = _condition(kwargs["condition"], n_rows)
+        loaded = loaded or await self._load(v.key)
+        if cap.batchable and "x" in kwargs and (not cap.seeded or body.seed is None):
+            x = kwargs.pop("x")
+            fixed = {k: val for k, val in kwargs.items() if val is not None}
+            group = (v.key, cap.method, json.dumps(fixed, sort_keys=True, default=str))
+            result = await self._score_batch(_Item(group, loaded, x, body.seed, cap.method, fixed))
+            if isinstance(result, Exception):
+                raise result
+        else:
+            if cap.seeded:
+                kwargs["generator"] = _generator(body.seed)
+            result = await asyncio.to_thread(loaded.call, cap.method, **kwargs)
+        return {
+            "model": name,
+            "version": int(v.version),
+            "capability": cap.name,
+            **_result_fields(result, cap),
+        }
+
     @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.01, batch_size_fn=_rows)
     async def _score_batch(self, items: list[_Item]) -> list[Any]:
-        """Score a batch: one model call per group; a group's failure is only its items'."""
+        """Run a pooled batch (scores, and every batchable capability): one model call per
+        group (same version, method and arguments); a group's failure is only its items'."""
         groups: dict[Any, list[int]] = {}
         for i, item in enumerate(items):
             groups.setdefault(item.group, []).append(i)
@@ -407,16 +669,18 @@ class GenModelsServer:
         async def run(idx: list[int]) -> None:
             first = items[idx[0]]
             x = torch.cat([items[i].x for i in idx])
+            kwargs = dict(first.kwargs or {})
+            if genmodels.CAPABILITIES[_METHOD_CAPABILITY[first.method]].seeded:
+                kwargs["generator"] = _generator(first.seed)
             try:
-                r = await asyncio.to_thread(first.model.call, "score", x, _generator(first.seed))
+                r = await asyncio.to_thread(first.model.call, first.method, x, **kwargs)
+                parts = _split(r, [len(items[i].x) for i in idx])
             except Exception as e:
                 for i in idx:
                     out[i] = e
                 return
-            sizes = [len(items[i].x) for i in idx]
-            stderrs = r.stderr.split(sizes) if r.stderr is not None else [None] * len(idx)
-            for i, lp, se in zip(idx, r.log_prob.split(sizes), stderrs):
-                out[i] = (lp, se, r.method)
+            for i, part in zip(idx, parts):
+                out[i] = part
 
         await asyncio.gather(*(run(idx) for idx in groups.values()))
         return out
