@@ -18,17 +18,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from .base import BaseConfig, BernoulliAutoregressive, Condition, SearchSpec, register
+from . import impute_autoregressive as ar
+from .base import (
+    BaseConfig,
+    BernoulliAutoregressive,
+    Condition,
+    ImputeResult,
+    SearchSpec,
+    register,
+)
 from .layers import MaskedLinear
+
+IMPUTE_PROPOSALS, IMPUTE_SWEEPS = 8, 2  # sized for 784-dim digits (see the docstring)
 
 
 @dataclass(frozen=True)
 class FVSBNConfig(BaseConfig):
-    """FVSBN has no structural hyper-parameters: only those of ``BaseConfig``."""
+    """FVSBN has no structural hyper-parameters; ``impute_proposals`` and ``impute_sweeps`` set
+    the imputation of order-incompatible masks (see the module docstring)."""
 
     lr: float = 1e-3
+    impute_proposals: int = IMPUTE_PROPOSALS
+    impute_sweeps: int = IMPUTE_SWEEPS
 
 
 @register
@@ -37,6 +51,7 @@ class FVSBN(BernoulliAutoregressive):
 
     family = "fvsbn"
     Config = FVSBNConfig
+    capabilities = frozenset({"log_prob", "impute"})
     sample_limit = 1024  # D cheap steps per batch: one (n, d) x (d,) product each
     search_space = {
         "lr": SearchSpec("loguniform", low=1e-4, high=1e-2),
@@ -45,6 +60,7 @@ class FVSBN(BernoulliAutoregressive):
 
     def __init__(self, input_shape: tuple[int, ...], levels: int, config: FVSBNConfig) -> None:
         super().__init__(input_shape, levels, config)
+        ar.validate_settings(self.family, config.impute_proposals, config.impute_sweeps)
         d = self.num_dims
         mask = torch.ones(d, d).tril(diagonal=-1)  # row d sees columns j < d
         self.linear = MaskedLinear(d, d, mask)
@@ -66,3 +82,35 @@ class FVSBN(BernoulliAutoregressive):
             u = torch.rand(n, generator=generator).to(device=weight.device, dtype=weight.dtype)
             x[:, d] = (u < p).to(weight.dtype)
         return x.view(n, *self.input_shape)
+
+    # ------------------------------------------------------------------------------ imputation
+    def _impute(
+        self, x: Tensor, mask: Tensor, generator: torch.Generator | None, num_samples: int
+    ) -> ImputeResult:
+        cfg = self.config
+        return ar.impute(
+            self, x, mask, generator, num_samples, cfg.impute_proposals, cfg.impute_sweeps
+        )
+
+    @property
+    def _ar_rows(self) -> int:
+        return max(1, 2**22 // self.num_dims)
+
+    def _ar_positions(self) -> Tensor:
+        return torch.arange(self.num_dims, device=self.linear.weight.device)[None]
+
+    def _ar_log_conditionals(self, xf: Tensor, k: int) -> Tensor:
+        logits = self.linear(xf)
+        return torch.stack([F.logsigmoid(-logits), F.logsigmoid(logits)], -1)
+
+    def _ar_fill(
+        self, xf: Tensor, missing: Tensor, k: int, generator: torch.Generator | None
+    ) -> Tensor:
+        weight = self.linear.weight * self.linear.masks[self.linear.mask_index]  # (D, D)
+        bias = self.linear.bias
+        x = torch.where(missing, 0.0, xf)
+        for d in missing.any(0).nonzero().squeeze(1).tolist():
+            p = torch.sigmoid(bias[d] + x[:, :d] @ weight[d, :d])
+            draw = (ar.uniform(len(x), generator, x) < p).to(x.dtype)
+            x[:, d] = torch.where(missing[:, d], draw, x[:, d])
+        return x

@@ -19,19 +19,33 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import BaseConfig, BernoulliAutoregressive, Condition, SearchSpec, register
+from . import impute_autoregressive as ar
+from .base import (
+    BaseConfig,
+    BernoulliAutoregressive,
+    Condition,
+    ImputeResult,
+    SearchSpec,
+    register,
+)
+
+IMPUTE_PROPOSALS, IMPUTE_SWEEPS = 8, 0  # sized for 784-dim digits (see the docstring)
 
 
 @dataclass(frozen=True)
 class NADEConfig(BaseConfig):
     """``hidden_size`` = H; ``order_seed`` = -1 for raster order, else the seed of a fixed
-    random order."""
+    random order; ``impute_proposals`` / ``impute_sweeps`` set the imputation of
+    order-incompatible masks (see the module docstring)."""
 
     hidden_size: int = 500
     order_seed: int = -1
     lr: float = 1e-3
+    impute_proposals: int = IMPUTE_PROPOSALS
+    impute_sweeps: int = IMPUTE_SWEEPS
 
 
 @register
@@ -40,6 +54,7 @@ class NADE(BernoulliAutoregressive):
 
     family = "nade"
     Config = NADEConfig
+    capabilities = frozenset({"log_prob", "impute"})
     sample_limit = 256
     search_space = {
         "hidden_size": SearchSpec("choice", (100, 250, 500)),
@@ -51,6 +66,7 @@ class NADE(BernoulliAutoregressive):
         super().__init__(input_shape, levels, config)
         if config.hidden_size < 1:
             raise ValueError(f"nade: hidden_size must be >= 1, got {config.hidden_size}")
+        ar.validate_settings(self.family, config.impute_proposals, config.impute_sweeps)
         d, h = self.num_dims, config.hidden_size
         if config.order_seed >= 0:
             order = torch.randperm(d, generator=torch.Generator().manual_seed(config.order_seed))
@@ -95,3 +111,37 @@ class NADE(BernoulliAutoregressive):
             x[:, d] = (u < p).to(dtype)
             a += x[:, d, None] * self.W[:, d]  # one column: O(H) per sample per step
         return x.view(n, *self.input_shape)
+
+    # ------------------------------------------------------------------------------ imputation
+    def _impute(
+        self, x: Tensor, mask: Tensor, generator: torch.Generator | None, num_samples: int
+    ) -> ImputeResult:
+        cfg = self.config
+        return ar.impute(
+            self, x, mask, generator, num_samples, cfg.impute_proposals, cfg.impute_sweeps
+        )
+
+    @property
+    def _ar_rows(self) -> int:
+        return max(1, 2**22 // (self.num_dims * self.config.hidden_size))  # logits is B*D*H
+
+    def _ar_positions(self) -> Tensor:
+        return torch.argsort(self.order)[None]  # position of dimension d = its index in order
+
+    def _ar_log_conditionals(self, xf: Tensor, k: int) -> Tensor:
+        logits = self.logits(xf)
+        return torch.stack([F.logsigmoid(-logits), F.logsigmoid(logits)], -1)
+
+    def _ar_fill(
+        self, xf: Tensor, missing: Tensor, k: int, generator: torch.Generator | None
+    ) -> Tensor:
+        x = torch.where(missing, 0.0, xf)
+        a = self.c.expand(len(x), -1).clone()  # (N, H), the running pre-activation
+        any_missing = missing.any(0).tolist()
+        for d in self.order.tolist():
+            if any_missing[d]:
+                p = torch.sigmoid(self.b[d] + torch.sigmoid(a) @ self.V[d])
+                draw = (ar.uniform(len(x), generator, x) < p).to(x.dtype)
+                x[:, d] = torch.where(missing[:, d], draw, x[:, d])
+            a += x[:, d, None] * self.W[:, d]
+        return x

@@ -41,10 +41,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import BaseConfig, Condition, GenerativeModel, SearchSpec, register
+from . import impute_autoregressive as ar
+from .base import BaseConfig, Condition, GenerativeModel, ImputeResult, SearchSpec, register
 from .layers import MaskedConv2d
 
 LOG_SCALE_MIN, LOG_SCALE_MAX = -7.0, 7.0
+IMPUTE_PROPOSALS, IMPUTE_SWEEPS = 2, 0  # sized for 784-dim digits (see the docstring)
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class PixelCNNConfig(BaseConfig):
     output: Literal["softmax", "logistic_mixture"] = "softmax"
     num_mixtures: int = 5
     lr: float = 1e-3
+    impute_proposals: int = IMPUTE_PROPOSALS
+    impute_sweeps: int = IMPUTE_SWEEPS
 
 
 def discretized_logistic_mixture_log_prob(params: Tensor, x: Tensor, levels: int) -> Tensor:
@@ -111,7 +115,7 @@ class PixelCNN(GenerativeModel):
     likelihood = "exact"
     data_kinds = ("binary", "discrete")
     Config = PixelCNNConfig
-    capabilities = frozenset({"log_prob"})
+    capabilities = frozenset({"log_prob", "impute"})
     sample_limit = 64
     search_space = {
         "channels": SearchSpec("choice", (32, 64, 128)),
@@ -135,6 +139,7 @@ class PixelCNN(GenerativeModel):
                 raise ValueError(f"pixelcnn: {name} must be odd and positive, got {k}")
         if config.num_layers < 0 or config.num_mixtures < 1:
             raise ValueError("pixelcnn: num_layers must be >= 0 and num_mixtures >= 1")
+        ar.validate_settings(self.family, config.impute_proposals, config.impute_sweeps)
         if config.output == "softmax":
             self.num_params = 1 if levels == 2 else levels  # per value of each data channel
         elif config.output == "logistic_mixture":
@@ -244,3 +249,54 @@ class PixelCNN(GenerativeModel):
                     u = torch.rand(n, 1, generator=generator).to(device)
                     x[:, ch, r, col] = (cdf < u).sum(-1).clamp(max=self.levels - 1).to(x.dtype)
         return x
+
+    # ------------------------------------------------------------------------------ imputation
+    def _impute(
+        self, x: Tensor, mask: Tensor, generator: torch.Generator | None, num_samples: int
+    ) -> ImputeResult:
+        cfg = self.config
+        return ar.impute(
+            self, x, mask, generator, num_samples, cfg.impute_proposals, cfg.impute_sweeps
+        )
+
+    @property
+    def _ar_rows(self) -> int:
+        per_row = self.num_dims * max(2 * self.config.channels, self.levels)
+        return max(1, 2**23 // per_row)
+
+    def _ar_positions(self) -> Tensor:
+        """Raster order over pixels, channels in order within a pixel: flat index c*H*W + i
+        (i = h*W + w, the pixel) is visited at position i*C + c."""
+        c, height, width = self.input_shape
+        device = self.head[-1].weight.device
+        pixel = torch.arange(height * width, device=device)
+        return (pixel[None, :] * c + torch.arange(c, device=device)[:, None]).flatten()[None]
+
+    def _ar_log_conditionals(self, xf: Tensor, k: int) -> Tensor:
+        params = self.params(xf.view(len(xf), *self.input_shape))  # (N, C, H, W, P)
+        values = torch.arange(self.levels, device=xf.device, dtype=xf.dtype)
+        log_p = self.pixel_log_prob(params[..., None, :], values)  # (N, C, H, W, L)
+        return log_p.flatten(1, 3)
+
+    def _ar_fill(
+        self, xf: Tensor, missing: Tensor, k: int, generator: torch.Generator | None
+    ) -> Tensor:
+        """The cropped sampler of ``_sample`` over the missing entries, observed plugged in."""
+        c, height, width = self.input_shape
+        n = len(xf)
+        x = torch.where(missing, 0.0, xf).view(n, c, height, width)
+        miss = missing.view(n, c, height, width)
+        any_missing = miss.any(0)
+        values = torch.arange(self.levels, device=x.device, dtype=x.dtype)
+        for r in range(height):
+            if not bool(any_missing[:, r].any()):
+                continue
+            for col in range(width):
+                for ch in range(c):
+                    if not bool(any_missing[ch, r, col]):
+                        continue
+                    p = self.params(x, row=r)[:, ch, 0, col]  # (n, P)
+                    log_p = self.pixel_log_prob(p[:, None, :], values[None, :])  # (n, L)
+                    draw = ar.categorical(log_p, generator).to(x.dtype)
+                    x[:, ch, r, col] = torch.where(miss[:, ch, r, col], draw, x[:, ch, r, col])
+        return x.view(n, -1)
