@@ -1,6 +1,7 @@
 """``genmodels``: the command line of the pipeline.
 
     genmodels families
+    genmodels models   [--json]
     genmodels train    --family made --dataset mnist [--config FILE] [--set KEY=VALUE ...]
     genmodels tune     --family vae  --dataset mnist --num-samples 8
     genmodels evaluate --model made-mnist [--ref champion] [--split test]
@@ -11,7 +12,12 @@
 
 Config precedence: the family's defaults < ``--config`` (YAML/JSON with TrainSpec fields and a
 ``model:`` mapping) < ``--set`` (``epochs=5``, ``model.hidden_sizes=[500]``; values are YAML).
-An unknown key or a bad value exits with status 2 and a message naming it.
+
+Every mistake is one line on stderr, ``genmodels <command>: error: ...``, exit status 2, and is
+found before Ray starts wherever it can be (settings, the family's config, the data, a GPU
+asked of a machine without one, a port in use, a registry that does not exist). Failures of a
+run itself (a timeout, a worker error) are one line too, exit status 1; ``--verbose`` shows
+Ray's own logs and tracebacks.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ import yaml
 import genmodels
 
 from .registry import resolve_tracking_uri
-from .train import TrainSpec
+from .runtime import check_port_free, init_ray, quiet_logging
+from .train import DEFAULT_TIMEOUT_S, HARD_STOP_GRACE_S, TrainSpec
 
 
 class CLIError(Exception):
@@ -62,6 +69,9 @@ def build_spec(args: argparse.Namespace) -> TrainSpec:
             values["model"][key[len("model.") :]] = value
         else:
             values[key] = value
+    for flag, key in (("timeout", "timeout_s"),):
+        if getattr(args, flag, None) is not None:
+            values[key] = getattr(args, flag)
     for flag in ("family", "dataset", "epochs", "tracking_uri"):
         if getattr(args, flag, None) is not None:
             values[flag] = getattr(args, flag)
@@ -88,7 +98,6 @@ def build_spec(args: argparse.Namespace) -> TrainSpec:
         spec.validate()
     except (ValueError, KeyError) as e:
         raise CLIError(e.args[0] if e.args else str(e)) from None
-    _check_dataset(spec.dataset)
     return spec
 
 
@@ -104,16 +113,33 @@ def _check_dataset(source: str) -> None:
     )
 
 
-def init_ray(address: str | None = None) -> None:
-    import ray
+def _prepare(spec: TrainSpec, address: str | None):
+    """Everything about a train/tune run that can be checked without Ray: the data (read, split,
+    ``limit``), the model on the data's shape (config values, ``num_masks``...), a GPU asked of a
+    machine without one, and the registered name. Returns the prepared dataset."""
+    from . import registry
+    from .train import check_model, prepare_data, registered_name
 
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address or os.environ["RAY_ADDRESS"], log_to_driver=True)
-    else:  # a local Ray; the dashboard stays on (Tune's trial clean-up needs the State API)
-        ray.init(include_dashboard=True, log_to_driver=True)
+    _check_dataset(spec.dataset)
+    if spec.use_gpu and not (address or os.environ.get("RAY_ADDRESS")):
+        import torch
+
+        if torch.cuda.device_count() < spec.num_workers:
+            raise CLIError(
+                f"use_gpu=true needs {spec.num_workers} GPU(s) (one per worker) but this machine "
+                f"has {torch.cuda.device_count()}: drop --set use_gpu=true or pass --address of "
+                "a GPU cluster"
+            )
+    data = prepare_data(spec)
+    check_model(spec, data.input_shape, data.levels)
+    if spec.register:
+        uri = resolve_tracking_uri(spec.tracking_uri)
+        registry.check_name(uri, registered_name(spec, data), data.source_fingerprint, data.source)
+    return data
+
+
+def _start_ray(args) -> None:
+    init_ray(getattr(args, "address", None), verbose=getattr(args, "verbose", False))
 
 
 # ------------------------------------------------------------------------------ commands
@@ -124,6 +150,58 @@ def cmd_families(args) -> int:
         caps = ", ".join(sorted(cls.capabilities)) or "-"
         print(f"{name:<10} {cls.likelihood:<10} {'/'.join(cls.data_kinds):<16} {caps}")
     return 0
+
+
+def _registry_uri(args) -> str:
+    """The tracking URI of a read-only command: it must exist (never create an empty one)."""
+    from . import registry
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    try:
+        registry.require_registry(uri)
+    except registry.NotFoundError as e:
+        raise CLIError(str(e)) from None
+    return uri
+
+
+def cmd_models(args) -> int:
+    from . import registry
+
+    uri = _registry_uri(args)
+    models = registry.describe_models(uri)
+    if args.json:
+        print(json.dumps({"models": models}, indent=2, default=str))
+        return 0
+    if not models:
+        print(f"no registered models in {uri}")
+        return 0
+    print(f"registry: {uri}")
+    for m in models:
+        aliases = ", ".join(f"{a}=v{v}" for a, v in sorted(m["aliases"].items())) or "no alias"
+        print(
+            f"{m['name']}: {m['num_versions']} version(s), latest v{m['latest_version']}; "
+            f"{aliases}; family {m['family']}, dataset {m['dataset']}"
+        )
+        for alias, v in sorted(m["aliases"].items()):
+            metrics = m["versions"].get(str(v), {}).get("metrics", {})
+            print(f"  {alias} v{v}: {_metrics_line(metrics, m['versions'][str(v)])}")
+    return 0
+
+
+def _metrics_line(metrics: dict[str, float], version: dict) -> str:
+    """A registered version's headline numbers, as one line."""
+    parts = []
+    if "test_log_prob" in metrics:
+        parts.append(f"test {-metrics['test_log_prob']:.2f} nats/example")
+        if "test_bpd" in metrics:
+            parts.append(f"{metrics['test_bpd']:.4f} bits/dim")
+    if version.get("method"):
+        parts.append(f"method {version['method']}")
+    if "val_score" in metrics:
+        parts.append(f"val_score {metrics['val_score']:.3f}")
+    if "yardstick_fd" in metrics:
+        parts.append(f"FD {metrics['yardstick_fd']:.2f}")
+    return ", ".join(parts) or "no metrics"
 
 
 def _print_outcome(kind: str, family: str, metrics: dict, registered, grid=None) -> None:
@@ -145,16 +223,24 @@ def _print_outcome(kind: str, family: str, metrics: dict, registered, grid=None)
         print(
             f"registered {registered.name} v{registered.version}: {promoted} ({registered.reason})"
         )
+    if metrics.get("timed_out"):
+        print(f"stopped at the time limit (--timeout) after epoch {int(metrics['epoch']) + 1}")
     if grid:
         print(f"sample grid: {grid}")
 
 
 def cmd_train(args) -> int:
+    from .runtime import ProgressChannel
     from .train import run_training
 
     spec = build_spec(args)
-    init_ray(args.address)
-    out = run_training(spec)
+    data = _prepare(spec, args.address)
+    _start_ray(args)
+    progress = ProgressChannel()
+    try:
+        out = run_training(spec, data=data, progress=progress)
+    finally:
+        progress.close()
     _print_outcome("trained", spec.family, out.metrics, out.registered, out.grid_path)
     print(f"mlflow run: {out.run_id}")
     print(f"training workers ran on nodes: {','.join(json.loads(out.metrics['worker_nodes']))}")
@@ -162,42 +248,82 @@ def cmd_train(args) -> int:
 
 
 def cmd_tune(args) -> int:
+    from .runtime import ProgressChannel
     from .tune import run_tuning
 
     spec = build_spec(args)
     if args.num_samples < 1:
         raise CLIError(f"bad value {args.num_samples} for --num-samples (must be >= 1)")
-    init_ray(args.address)
-    out = run_tuning(spec, num_samples=args.num_samples)
+    if not {k for k in genmodels.family_class(spec.family).search_space if k not in spec.model}:
+        raise CLIError(f"{spec.family}: nothing to tune (its search space is fixed by --set)")
+    data = _prepare(spec, args.address)
+    _start_ray(args)
+    progress = ProgressChannel()
+    try:
+        out = run_tuning(spec, num_samples=args.num_samples, data=data, progress=progress)
+    finally:
+        progress.close()
     _print_outcome("tuned", spec.family, out.best_metrics, out.registered)
     print(f"best config: {json.dumps(out.best_config, default=str)}")
     return 0
 
 
-def _load(args):
+def _load(args, uri: str):
     from . import registry
 
-    uri = resolve_tracking_uri(args.tracking_uri)
     try:
         return registry.load_version(uri, args.model, args.ref)
     except registry.NotFoundError as e:
         raise CLIError(str(e)) from None
 
 
-def cmd_evaluate(args) -> int:
-    from .data import load_dataset
-    from .evaluate import evaluate_split
+def _evaluation_data(args, info: dict):
+    """The dataset to score: by default the version's own split, rebuilt exactly from its
+    recorded preprocessing (source, binarisation, seed, ``limit``, split sizes) and refused if
+    its fingerprint differs; with ``--dataset``, that data with the recorded binarisation and
+    seed (its default split)."""
+    from .data import prepare_dataset
 
-    model, info = _load(args)
     meta = info["meta"]
     prep = meta.get("preprocessing", {})
-    data = load_dataset(
-        args.dataset or meta["dataset"],
-        binarize=prep.get("binarize", "fixed"),
-        seed=int(prep.get("seed", 0)),
-    )
-    if args.dataset is None and data.fingerprint != meta.get("fingerprint"):
-        print("warning: the dataset's fingerprint differs from the one the model was trained on")
+    how = {"binarize": prep.get("binarize", "fixed"), "seed": int(prep.get("seed", 0))}
+    if args.dataset is not None:
+        return prepare_dataset(args.dataset, **how)
+    source = meta.get("source") or meta["dataset"]
+    sizes = prep.get("split_sizes") or {}
+    if "validation" in sizes and "test" in sizes:
+        how["split_sizes"] = (int(sizes["validation"]), int(sizes["test"]))
+    name = f"{args.model} v{info['version']}"
+    try:
+        data = prepare_dataset(source, limit=prep.get("limit"), **how)
+    except ValueError as e:
+        raise CLIError(
+            f"cannot rebuild the data {name} was trained on from {source!r}: {e} "
+            "(pass --dataset to evaluate on other data)"
+        ) from None
+    if meta.get("fingerprint") and data.fingerprint != meta["fingerprint"]:
+        raise CLIError(
+            f"the data at {source!r} is not what {name} was trained on (fingerprint "
+            f"{data.fingerprint} != {meta['fingerprint']}): it changed since; pass --dataset "
+            "to evaluate on it anyway"
+        )
+    return data
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_split
+
+    if args.parzen is not None and args.parzen < 2:
+        raise CLIError(f"bad value {args.parzen} for --parzen (the number of samples, >= 2)")
+    model, info = _load(args, _registry_uri(args))
+    if model.likelihood == "none" and not (args.parzen or args.yardstick):
+        raise CLIError(
+            f"{args.model} ({model.family}) has no likelihood: use --yardstick (sample quality) "
+            "or --parzen N (the papers' Parzen-window estimate)"
+        )
+    prepared = _evaluation_data(args, info)
+    _start_ray(args)
+    data = prepared.to_ray()
     head = {"model": args.model, "version": info["version"], "split": args.split}
     if args.parzen:
         from .evaluate import parzen_split
@@ -217,14 +343,12 @@ def cmd_evaluate(args) -> int:
         quality, _ = yardstick.evaluate(model, args.split, seed=args.seed)
         print(json.dumps({**head, **quality, "method": yardstick.method}))
         return 0
-    if model.likelihood == "none":
-        raise CLIError(
-            f"{args.model} ({model.family}) has no likelihood: use --yardstick (sample quality) "
-            "or --parzen N (the papers' Parzen-window estimate)"
-        )
     res = evaluate_split(model, data, args.split, seed=args.seed, progress=True)
     print(json.dumps({**head, **res}))
     return 0
+
+
+SAMPLE_FORMATS = {".png": "PNG grid", ".jpg": "JPEG grid", ".jpeg": "JPEG grid", ".npy": "array"}
 
 
 def cmd_sample(args) -> int:
@@ -232,7 +356,13 @@ def cmd_sample(args) -> int:
 
     from .images import save_grid
 
-    model, info = _load(args)
+    suffix = Path(args.out).suffix.lower()
+    if suffix not in SAMPLE_FORMATS:
+        raise CLIError(
+            f"bad value {args.out!r} for --out: give a .png or .jpg file (a picture of the "
+            "samples) or a .npy file (the samples as an array)"
+        )
+    model, info = _load(args, _registry_uri(args))
     if not 1 <= args.n <= model.sample_limit:
         raise CLIError(f"bad value {args.n} for --n (1..{model.sample_limit} for {model.family})")
     from tqdm import tqdm
@@ -243,22 +373,28 @@ def cmd_sample(args) -> int:
             chunks.append(model.sample(min(16, args.n - start), generator=g))
             bar.update(len(chunks[-1]))
     x = torch.cat(chunks)
-    if args.out.endswith(".png"):
-        path = save_grid(x.numpy(), model.input_shape, model.levels, args.out)
-    else:
+    if suffix == ".npy":
         import numpy as np
 
-        np.save(args.out, x.numpy())
         path = Path(args.out)
-    print(f"{args.n} samples of {args.model} v{info['version']} written to {path}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, x.numpy(), allow_pickle=False)
+    else:
+        path = save_grid(x.numpy(), model.input_shape, model.levels, args.out)
+    print(
+        f"{args.n} samples of {args.model} v{info['version']} written to {path} "
+        f"({SAMPLE_FORMATS[suffix]})"
+    )
     return 0
 
 
 def cmd_serve(args) -> int:
     from . import serve
 
-    init_ray(args.address)
-    url = serve.start(resolve_tracking_uri(args.tracking_uri), host=args.host, port=args.port)
+    uri = _registry_uri(args)
+    check_port_free(args.host, args.port)
+    _start_ray(args)
+    url = serve.start(uri, host=args.host, port=args.port)
     print(f"serving at {url} (GET {url}/v1/models); Ctrl-C to stop")
     try:
         while True:
@@ -298,39 +434,149 @@ def _quote(s: str) -> str:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(epochs=args.epochs, port=args.port, workers=args.workers)
+    for flag, value in (("--workers", args.workers), ("--epochs", args.epochs)):
+        if value < 1:
+            raise CLIError(f"bad value {value} for {flag} (must be >= 1)")
+    check_port_free("127.0.0.1", args.port)
+    return run_demo(epochs=args.epochs, port=args.port, workers=args.workers, verbose=args.verbose)
 
 
 # ------------------------------------------------------------------------------ parser
+def add_registry_option(sp: argparse.ArgumentParser) -> None:
+    """``--tracking-uri``: which MLflow registry a command uses."""
+    sp.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI or "
+        "sqlite:///./mlflow.db, made absolute)",
+    )
+
+
+def add_model_options(sp: argparse.ArgumentParser) -> None:
+    """``--model/--ref/--seed``: which registered version a command reads."""
+    sp.add_argument(
+        "--model", required=True, metavar="NAME", help="registered model name, e.g. made-mnist"
+    )
+    sp.add_argument(
+        "--ref",
+        default="champion",
+        help="an alias or a version number of the model (default: champion)",
+    )
+    sp.add_argument("--seed", type=int, default=0, help="random seed of sampling/scoring (0)")
+
+
+def add_ray_options(sp: argparse.ArgumentParser, address: bool = True) -> None:
+    """``--address/--verbose``: which Ray a command starts or joins, and how loud it is."""
+    if address:
+        sp.add_argument(
+            "--address",
+            help="Ray cluster address (default: $RAY_ADDRESS, else a new local Ray)",
+        )
+    sp.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ray's own logs and worker output on the console (default: only in Ray's "
+        "log directory, printed at start)",
+    )
+
+
+def add_training_options(sp: argparse.ArgumentParser, *, tune: bool = False) -> None:
+    """The options of ``train`` and ``tune``."""
+    sp.add_argument(
+        "--family", metavar="NAME", help="the family to train (see `genmodels families`)"
+    )
+    sp.add_argument(
+        "--dataset",
+        metavar="NAME|PATH",
+        help="mnist (default), digits, or your data: an image folder (subfolders = classes), "
+        ".npz/.npy, Parquet, IDX; 'images:PATH' etc. forces the type. A path registers as "
+        "<family>-<folder or file stem>",
+    )
+    sp.add_argument("--epochs", type=int, help="at most this many epochs (early stopping decides)")
+    sp.add_argument(
+        "--workers",
+        type=int,
+        help="Ray Train workers" + (" per trial" if tune else "") + " (default 2)",
+    )
+    sp.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML/JSON of settings: TrainSpec fields and a `model:` mapping",
+    )
+    sp.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a setting (repeatable; wins over --config): e.g. epochs=5, limit=600, "
+        "binarize=dynamic, use_gpu=true, registered_name=NAME, model.lr=1e-3",
+    )
+    sp.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help=f"time limit of the {'search' if tune else 'run'}: training stops at the first "
+        "epoch end past it and the best weights so far are tested and registered; a run still "
+        f"going {HARD_STOP_GRACE_S / 60:g} min later is abandoned with an error (default "
+        f"{DEFAULT_TIMEOUT_S:g} s = {DEFAULT_TIMEOUT_S / 3600:g} h; 0: no limit)",
+    )
+    if tune:
+        sp.add_argument(
+            "--num-samples", type=int, default=4, help="trials to run (default 4), ASHA-stopped"
+        )
+    add_registry_option(sp)
+    add_ray_options(sp)
+
+
+def _version() -> str:
+    return f"genmodels {genmodels.__version__}"
+
+
 def make_parser() -> argparse.ArgumentParser:
+    """The ``genmodels`` parser; each subcommand's options come from the ``add_*`` helpers."""
     p = argparse.ArgumentParser(prog="genmodels", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def common(sp, model_ref: bool = False):
-        sp.add_argument("--tracking-uri", help="MLflow URI (default sqlite:///./mlflow.db)")
-        if model_ref:
-            sp.add_argument("--model", required=True, help="registered name, e.g. made-mnist")
-            sp.add_argument("--ref", default="champion", help="alias or version number")
-            sp.add_argument("--seed", type=int, default=0)
-
-    sub.add_parser("families", help="list the registered families").set_defaults(fn=cmd_families)
-    for name, fn in (("train", cmd_train), ("tune", cmd_tune)):
-        sp = sub.add_parser(name, help=f"{name} a family with Ray")
-        common(sp)
-        sp.add_argument("--family")
-        sp.add_argument("--dataset")
-        sp.add_argument("--epochs", type=int)
-        sp.add_argument("--workers", type=int)
-        sp.add_argument("--config", help="YAML/JSON file of settings")
-        sp.add_argument("--set", action="append", metavar="KEY=VALUE")
-        sp.add_argument("--address", help="Ray address (default: a local Ray)")
-        if name == "tune":
-            sp.add_argument("--num-samples", type=int, default=4)
+    def command(name: str, fn, help: str, description: str | None = None):
+        sp = sub.add_parser(name, help=help, description=description or help)
         sp.set_defaults(fn=fn)
-    sp = sub.add_parser("evaluate", help="score a registered model on a dataset split")
-    common(sp, model_ref=True)
-    sp.add_argument("--dataset", help="default: the dataset it was trained on")
-    sp.add_argument("--split", default="test", choices=["train", "validation", "test"])
+        return sp
+
+    command("families", cmd_families, "list the families")
+    sp = command(
+        "models",
+        cmd_models,
+        "list the registry's models: versions, aliases and their metrics (like GET /v1/models)",
+    )
+    add_registry_option(sp)
+    sp.add_argument("--json", action="store_true", help="print JSON instead of lines")
+
+    sp = command("train", cmd_train, "train a family with Ray Train and register it in MLflow")
+    add_training_options(sp)
+    sp = command("tune", cmd_tune, "search a family's hyper-parameters with Ray Tune (ASHA)")
+    add_training_options(sp, tune=True)
+
+    sp = command(
+        "evaluate",
+        cmd_evaluate,
+        "score a registered model on a split of the data it was trained on",
+        "Score a registered model. By default its own data: the split is rebuilt exactly from "
+        "the version's recorded preprocessing (limit, split sizes, seed, binarisation), and "
+        "refused if the data changed since training.",
+    )
+    add_model_options(sp)
+    sp.add_argument(
+        "--dataset",
+        metavar="NAME|PATH",
+        help="score on this data instead (its default split; the recorded binarisation and "
+        "seed); default: the version's own data",
+    )
+    sp.add_argument(
+        "--split",
+        default="test",
+        choices=["train", "validation", "test"],
+        help="which split (default test)",
+    )
     how = sp.add_mutually_exclusive_group()
     how.add_argument(
         "--yardstick", action="store_true", help="sample quality (FD, confidence, coverage)"
@@ -341,44 +587,94 @@ def make_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="Parzen-window estimate from N samples (labelled; not the model's likelihood)",
     )
-    sp.set_defaults(fn=cmd_evaluate)
-    sp = sub.add_parser("sample", help="draw samples from a registered model")
-    common(sp, model_ref=True)
-    sp.add_argument("--n", type=int, default=64)
-    sp.add_argument("--out", default="samples.png", help=".png grid or .npy array")
-    sp.set_defaults(fn=cmd_sample)
-    sp = sub.add_parser("serve", help="deploy the Ray Serve app over the registry")
-    common(sp)
-    sp.add_argument("--host", default="127.0.0.1")
-    sp.add_argument("--port", type=int, default=8000)
-    sp.add_argument("--address")
-    sp.set_defaults(fn=cmd_serve)
-    sp = sub.add_parser("submit", help="run a genmodels command as a Ray job on a cluster")
+    add_registry_option(sp)
+    add_ray_options(sp, address=False)
+
+    sp = command("sample", cmd_sample, "draw samples from a registered model")
+    add_model_options(sp)
+    sp.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    sp.add_argument(
+        "--out",
+        default="samples.png",
+        metavar="FILE",
+        help="where to write them: .png or .jpg (a grid picture) or .npy (an array); "
+        "default samples.png",
+    )
+    add_registry_option(sp)
+
+    sp = command("serve", cmd_serve, "serve the registry over HTTP with Ray Serve")
+    sp.add_argument("--host", default="127.0.0.1", help="interface to listen on (127.0.0.1)")
+    sp.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    add_registry_option(sp)
+    add_ray_options(sp)
+
+    sp = command("submit", cmd_submit, "run a genmodels command as a Ray job on a cluster")
     sp.add_argument("--address", required=True, help="dashboard URL, e.g. http://HOST:8265")
-    sp.add_argument("--token-file", help="the cluster's auth token file")
-    sp.add_argument("--no-wait", action="store_true")
-    sp.add_argument("--timeout", type=float)
-    sp.add_argument("rest", nargs=argparse.REMAINDER)
-    sp.set_defaults(fn=cmd_submit)
-    sp = sub.add_parser("demo", help="train, register, serve and query MADE and VAE on MNIST")
-    sp.add_argument("--epochs", type=int, default=60, help="at most; early stopping decides")
-    sp.add_argument("--workers", type=int, default=2)
-    sp.add_argument("--port", type=int, default=8000)
-    sp.set_defaults(fn=cmd_demo)
+    sp.add_argument("--token-file", metavar="FILE", help="the cluster's auth token file")
+    sp.add_argument("--no-wait", action="store_true", help="submit and return; do not follow")
+    sp.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="stop following after this long"
+    )
+    sp.add_argument(
+        "rest",
+        nargs=argparse.REMAINDER,
+        metavar="-- COMMAND",
+        help="the genmodels command to run, after --",
+    )
+
+    sp = command(
+        "demo",
+        cmd_demo,
+        "train, register, serve and query MADE and VAE on MNIST (about 5 minutes on 2 cores)",
+    )
+    sp.add_argument(
+        "--epochs", type=int, default=60, help="at most (default 60); early stopping decides"
+    )
+    sp.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
+    sp.add_argument("--port", type=int, default=8000, help="Serve's HTTP port (default 8000)")
+    add_ray_options(sp, address=False)
     return p
 
 
+def _one_line(e: BaseException) -> str:
+    """An exception as the one line a user reads (a KeyError's message without quotes)."""
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    return " ".join(str(msg).split()) or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command: 0 on success, 2 for a user error, 1 for a failed run (one line each)."""
+    from . import registry
+    from .runtime import RunTimeout
+
     args = make_parser().parse_args(argv)
+    verbose = getattr(args, "verbose", False)
+    quiet_logging(verbose)
     try:
         return args.fn(args)
     except CLIError as e:
         print(f"genmodels {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"genmodels {args.command}: error: {msg}", file=sys.stderr)
+    except (ValueError, KeyError, FileNotFoundError, registry.NotFoundError) as e:
+        if verbose:
+            raise
+        print(f"genmodels {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except (RunTimeout, registry.RegistryError) as e:
+        print(f"genmodels {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        if verbose:
+            raise
+        from .runtime import ray_log_dir
+
+        logs = ray_log_dir()
+        print(
+            f"genmodels {args.command}: error: {type(e).__name__}: {_one_line(e)[:2000]}"
+            + (f" (Ray logs: {logs}; --verbose for the traceback)" if logs else ""),
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

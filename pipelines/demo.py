@@ -31,19 +31,23 @@ def _post(url: str, body: dict, timeout: float = 120.0) -> dict:
         return json.loads(resp.read())
 
 
-def run_demo(epochs: int = 60, port: int = 8000, workers: int = 2) -> int:
-    import ray
-
+def run_demo(epochs: int = 60, port: int = 8000, workers: int = 2, verbose: bool = False) -> int:
+    """Run the demo (``workers`` >= 1 Ray Train workers, at most ``epochs`` epochs, Serve on
+    ``port``); Ray's own logs stay in its log directory unless ``verbose``. Returns 0."""
     from . import serve
-    from .cli import init_ray
     from .data import load_dataset
     from .images import save_grid
     from .registry import resolve_tracking_uri
+    from .runtime import ProgressChannel, check_port_free, init_ray, shutdown_ray
     from .train import TrainSpec, run_training
 
+    if workers < 1 or epochs < 1:
+        raise ValueError(f"bad value {min(workers, epochs)}: --workers and --epochs must be >= 1")
+    check_port_free("127.0.0.1", port)
     t0 = time.monotonic()
     uri = resolve_tracking_uri(None)
-    init_ray()
+    init_ray(verbose=verbose)
+    progress = ProgressChannel()
     rows = []
     try:
         for family, model in DEMO_FAMILIES.items():
@@ -59,7 +63,7 @@ def run_demo(epochs: int = 60, port: int = 8000, workers: int = 2) -> int:
                 tracking_uri=uri,
                 experiment="genmodels-demo",
             )
-            out = run_training(spec)
+            out = run_training(spec, progress=progress)
             rows.append((family, out))
         print("\n=== serving the registry with Ray Serve ===", flush=True)
         base = serve.start(uri, port=port)
@@ -84,7 +88,7 @@ def run_demo(epochs: int = 60, port: int = 8000, workers: int = 2) -> int:
             serve.shutdown()
         except Exception:
             pass
-        ray.shutdown()
+        shutdown_ray()
 
     print("\n=== genmodels demo: summary ===")
     print(f"MLflow tracking URI: {uri}   (mlflow ui --backend-store-uri {uri})")

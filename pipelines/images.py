@@ -22,10 +22,22 @@ def to_images(x: np.ndarray, input_shape: Sequence[int], levels: int) -> np.ndar
     return img
 
 
+MIN_GRID_PX = 400  # grids are scaled up to at least this size so a person can see them
+
+
 def save_grid(
-    x: np.ndarray, input_shape: Sequence[int], levels: int, path: str | Path, scale: int = 2
+    x: np.ndarray,
+    input_shape: Sequence[int],
+    levels: int,
+    path: str | Path,
+    scale: int | None = None,
 ) -> Path:
-    """Tile samples into one PNG (pad 1 px, up-scaled ``scale`` times) and return its path."""
+    """Tile samples into one picture (pad 1 px) and return its path.
+
+    The format follows the suffix (``.png``, ``.jpg``...). ``scale`` up-scales the grid by an
+    integer factor (nearest neighbour); by default the smallest factor >= 2 that makes its
+    longer side at least ``MIN_GRID_PX`` pixels (64 8x8 digits: 73 px -> 438 px).
+    """
     img = to_images(x, input_shape, levels)
     n, h, w, c = img.shape
     cols = max(1, math.ceil(math.sqrt(n)))
@@ -36,6 +48,8 @@ def save_grid(
         grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = img[i]
     mode = "L" if c == 1 else "RGB"
     pil = Image.fromarray(grid[..., 0] if c == 1 else grid, mode=mode)
+    if scale is None:
+        scale = max(2, math.ceil(MIN_GRID_PX / max(pil.width, pil.height)))
     pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,24 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return uri
 
 
+def require_registry(tracking_uri: str) -> None:
+    """Raise ``NotFoundError`` when a local registry (sqlite file, file store) does not exist.
+
+    For the read-only commands: opening a mistyped ``sqlite:///...`` path would silently create
+    an empty registry. Remote registries (http...) are not checked here.
+    """
+    path = None
+    if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri[len("sqlite:///") :])
+    elif tracking_uri.startswith("file://"):
+        path = Path(tracking_uri[len("file://") :])
+    if path is not None and not path.exists():
+        raise NotFoundError(
+            f"no registry at {tracking_uri} (no such file): check --tracking-uri or "
+            "MLFLOW_TRACKING_URI (train a model first to create one)"
+        )
+
+
 def client(tracking_uri: str):
     from mlflow import MlflowClient
 
@@ -134,13 +152,15 @@ def register_model(
             ``method`` (likelihood method), ...
         metrics: at least ``val_score`` (the selection metric: validation log-likelihood, or
             -FD of the yardstick for a family without one); test and yardstick metrics too.
-        name: registered model name; default ``<family>-<dataset>``.
+        name: registered model name; default ``<family>-<dataset>``. Refused (``ValueError``)
+            when the name's versions were trained on other data (``check_name``).
         artifacts: extra files stored with the version (e.g. ``yardstick_samples``: the samples
             its sample-quality metrics were computed from, drawn once per version).
     """
     import mlflow
 
     name = name or f"{model.family}-{meta['dataset']}"
+    check_name(tracking_uri, name, meta.get("source_fingerprint"), meta.get("source"))
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
@@ -160,6 +180,7 @@ def register_model(
         "dataset": meta["dataset"],
         "fingerprint": meta["fingerprint"],
         "preprocessing": json.dumps(meta.get("preprocessing", {}), sort_keys=True),
+        **{k: str(meta[k]) for k in ("source", "source_fingerprint") if meta.get(k)},
         "method": meta["method"],
         "likelihood": model.likelihood,
         "input_shape": json.dumps(list(model.input_shape)),
@@ -175,6 +196,42 @@ def register_model(
         c.set_model_version_tag(name, version, key, value)
     promoted, reason = promote_if_better(tracking_uri, name, version)
     return Registered(name, version, promoted, reason)
+
+
+class NameClashError(ValueError):
+    """A registered model name already holds versions trained on other data."""
+
+
+def check_name(
+    tracking_uri: str, name: str, source_fingerprint: str | None, source: str | None = None
+) -> None:
+    """Raise ``NameClashError`` when ``name``'s versions were trained on different data.
+
+    Two sources with the same stem (``a/faces/`` and ``b/faces/``) get the same dataset name;
+    their ``source_fingerprint`` (a hash of the data alone, whatever the split settings) tells
+    them apart. Versions registered before the tag existed are not compared.
+    """
+    if not source_fingerprint:
+        return
+    from mlflow.exceptions import MlflowException
+
+    c = client(tracking_uri)
+    try:
+        versions = c.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return
+    except Exception as e:
+        raise RegistryError(f"registry at {tracking_uri} unreachable: {e}") from e
+    for mv in versions:
+        theirs = mv.tags.get("source_fingerprint")
+        if theirs and theirs != source_fingerprint:
+            where = mv.tags.get("source") or mv.tags.get("dataset", "?")
+            raise NameClashError(
+                f"registered model {name!r} holds versions trained on other data (v{mv.version}: "
+                f"{where}, source fingerprint {theirs}; this data: {source or '?'}, "
+                f"{source_fingerprint}): register under another name with "
+                "--set registered_name=NAME"
+            )
 
 
 def _version_metric(mv, key: str = VAL_METRIC) -> float | None:
@@ -286,6 +343,52 @@ def list_models(tracking_uri: str) -> list[dict[str, Any]]:
         latest = max((int(v.version) for v in rm.latest_versions or []), default=None)
         out.append(
             {"name": rm.name, "aliases": aliases, "versions": versions, "latest_version": latest}
+        )
+    return out
+
+
+def describe_models(tracking_uri: str) -> list[dict[str, Any]]:
+    """What ``genmodels models`` prints (and ``GET /v1/models`` answers): every registered model
+    with its number of versions, latest version, aliases, and per aliased version (the latest
+    too) its method, dataset and metrics (floats, from the ``metric.*`` tags)."""
+    c = client(tracking_uri)
+    try:
+        registered = c.search_registered_models()
+    except Exception as e:
+        raise RegistryError(f"registry at {tracking_uri} unreachable: {e}") from e
+    out = []
+    for rm in sorted(registered, key=lambda r: r.name):
+        versions = c.search_model_versions(f"name = '{rm.name}'")
+        if not versions:
+            continue
+        latest = max(versions, key=lambda v: int(v.version))
+        aliases = {a: str(v) for a, v in (rm.aliases or {}).items()}
+        shown = {}
+        for mv in versions:
+            v = str(mv.version)
+            if v in aliases.values() or mv is latest:
+                tags = dict(mv.tags)
+                shown[v] = {
+                    "method": tags.get("method"),
+                    "dataset": tags.get("dataset"),
+                    "source": tags.get("source"),
+                    "metrics": {
+                        k[len("metric.") :]: float(val)
+                        for k, val in tags.items()
+                        if k.startswith("metric.")
+                    },
+                }
+        tags = dict(latest.tags)
+        out.append(
+            {
+                "name": rm.name,
+                "family": tags.get("family"),
+                "dataset": tags.get("dataset"),
+                "num_versions": len(versions),
+                "latest_version": str(latest.version),
+                "aliases": aliases,
+                "versions": shown,
+            }
         )
     return out
 

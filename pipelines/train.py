@@ -27,6 +27,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import signal
 import tempfile
 import time
@@ -42,6 +43,12 @@ import genmodels
 
 from . import registry
 from .evaluate import accumulate_scores, summarise
+
+DEFAULT_TIMEOUT_S = 12 * 3600.0  # train/tune --timeout default: 12 hours
+# A run still unfinished this long after its timeout (its workers stop at the first epoch end
+# past it) is abandoned with an error: it hangs, or one epoch takes longer than this.
+HARD_STOP_GRACE_S = 600.0
+_USER_START_TIMEOUT = os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S")
 
 
 @dataclass
@@ -77,23 +84,94 @@ class TrainSpec:
     sync_gradients: bool = True
     fail_at_epoch: int | None = None  # test hook: the last rank SIGKILLs itself once, mid-epoch
     fail_marker: str | None = None
+    timeout_s: float = DEFAULT_TIMEOUT_S  # the whole run (train: fit; tune: the search); 0 = none
+    start_timeout_s: float = 120.0  # one attempt to start the worker group (Ray's default: 60)
+    start_retries: int = 2  # further attempts after a worker group failed to start (Ray: inf)
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first bad field."""
-        genmodels.make_config(self.family, self.model)  # unknown family/keys → clear errors
-        checks = {
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 1,
-            "patience": self.patience >= 1,
-            "num_workers": self.num_workers >= 1,
-            "binarize": self.binarize in ("fixed", "dynamic", "none"),
-            "max_failures": self.max_failures >= 0,
-            "grid_samples": self.grid_samples >= 0,
-            "yardstick_samples": self.yardstick_samples >= 2,
+        """Raise ``ValueError`` naming the first bad field (the family config included)."""
+        check_model_config(self.family, self.model)
+        optional = lambda v, ok: v is None or ok(v)  # noqa: E731
+        checks = {  # key: (ok, what a good value is)
+            "epochs": (self.epochs >= 1, ">= 1"),
+            "batch_size": (self.batch_size >= 1, ">= 1"),
+            "patience": (self.patience >= 1, ">= 1"),
+            "num_workers": (self.num_workers >= 1, ">= 1"),
+            "binarize": (self.binarize in ("fixed", "dynamic", "none"), "fixed, dynamic or none"),
+            "max_failures": (self.max_failures >= 0, ">= 0"),
+            "grid_samples": (self.grid_samples >= 0, ">= 0"),
+            "grid_time_s": (self.grid_time_s >= 0, ">= 0"),
+            "yardstick_samples": (self.yardstick_samples >= 2, ">= 2"),
+            "seed": (self.seed >= 0, ">= 0"),
+            "limit": (optional(self.limit, lambda v: v >= 3), ">= 3 rows"),
+            "max_steps_per_epoch": (optional(self.max_steps_per_epoch, lambda v: v >= 1), ">= 1"),
+            "cpus_per_worker": (optional(self.cpus_per_worker, lambda v: v > 0), "> 0"),
+            "torch_threads": (optional(self.torch_threads, lambda v: v >= 1), ">= 1"),
+            "timeout_s": (self.timeout_s >= 0, ">= 0 seconds; 0: no limit"),
+            "start_timeout_s": (self.start_timeout_s > 0, "> 0 seconds"),
+            "start_retries": (self.start_retries >= 0, ">= 0"),
+            "registered_name": (
+                optional(self.registered_name, _valid_name),
+                "letters, digits, _ and -",
+            ),
         }
-        for key, ok in checks.items():
+        for key, (ok, want) in checks.items():
             if not ok:
-                raise ValueError(f"bad value {getattr(self, key)!r} for {key!r}")
+                raise ValueError(f"bad value {getattr(self, key)!r} for {key!r} (expected {want})")
+
+
+def _valid_name(name: str) -> bool:
+    """A registered-model name MLflow accepts and a path cannot escape from."""
+    return bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}", name))
+
+
+def check_model_config(family: str, model: dict[str, Any]):
+    """The family's config with ``model``'s overrides, or ``ValueError`` naming a bad value.
+
+    Beyond the family's own type checks: learning rates (``lr``, ``*_lr``) must be positive and
+    ``weight_decay`` not negative — generic rules that hold for every family. Checks that need
+    the data's shape (e.g. ``num_masks``) run in ``check_model``.
+    """
+    config = genmodels.make_config(family, model)  # unknown family/keys, types → clear errors
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        if (f.name == "lr" or f.name.endswith("_lr")) and not value > 0:
+            raise ValueError(f"{family}: bad value {value!r} for {f.name!r} (must be > 0)")
+        if f.name == "weight_decay" and value < 0:
+            raise ValueError(f"{family}: bad value {value!r} for {f.name!r} (must be >= 0)")
+    return config
+
+
+def check_model(spec: TrainSpec, input_shape, levels: int) -> None:
+    """Build the model and its optimisers once on the driver: whatever the family (or torch)
+    refuses about the config or the data's shape raises ``ValueError`` here, before Ray starts,
+    not in every worker."""
+    model = genmodels.build(spec.family, tuple(input_shape), levels, **spec.model)
+    model.configure_optimizers()
+
+
+class ResourceError(ValueError):
+    """The run asks for resources the Ray cluster does not have."""
+
+
+def check_resources(spec: TrainSpec, cluster: dict[str, float], *, concurrent: int = 1) -> None:
+    """Fail fast (``ResourceError``) when ``concurrent`` runs of ``spec`` cannot fit ``cluster``
+    (``ray.cluster_resources()``): Ray Train would otherwise wait for them and retry."""
+    gpus = cluster.get("GPU", 0.0)
+    if spec.use_gpu and gpus < spec.num_workers:
+        raise ResourceError(
+            f"use_gpu=true needs {spec.num_workers} GPU(s) (one per worker) but the Ray cluster "
+            f"has {gpus:g}: drop --set use_gpu=true, lower --workers, or use a GPU cluster"
+        )
+    cpus = cluster.get("CPU", 0.0)
+    per_worker, _ = plan_resources(spec, cpus)
+    if per_worker * spec.num_workers > cpus + 1e-9:
+        raise ResourceError(
+            f"{spec.num_workers} worker(s) x {per_worker:g} CPUs do not fit the Ray cluster's "
+            f"{cpus:g} CPUs: lower --workers or --set cpus_per_worker"
+        )
 
 
 @dataclass
@@ -272,7 +350,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
             }
         )
         if rank == 0:
-            print(f"[genmodels] resumed at epoch {state['epoch']} (step {state['steps']})")
+            _say(cfg, f"[genmodels] resumed at epoch {state['epoch']} (step {state['steps']})")
 
     mlflow_client = None
     if rank == 0 and cfg.get("run_id"):
@@ -286,6 +364,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("validation")
+    run_start, first_epoch = time.monotonic(), state["epoch"]
     while state["epoch"] < spec.epochs and not state["stopped"]:
         epoch, t0 = state["epoch"], time.monotonic()
         module.train()
@@ -340,6 +419,11 @@ def train_loop(cfg: dict[str, Any]) -> None:
         state["history"].append({k: metrics[k] for k in ("epoch", "train_loss", "val_score")})
         state["epoch"] = epoch + 1
         state["stopped"] = state["bad_epochs"] >= spec.patience
+        deadline = cfg.get("deadline")
+        if deadline and not state["stopped"] and state["epoch"] < spec.epochs:
+            # rank 0 decides for all: every rank must stop at the same epoch (report is a barrier)
+            if _from_rank0(time.time() > deadline):
+                state.update(stopped=True, timed_out=True)
         _report_with_checkpoint(module, optimizers, best_state, state, metrics, rank, data_gen)
         if rank == 0:
             shown = (
@@ -349,10 +433,20 @@ def train_loop(cfg: dict[str, Any]) -> None:
                 if "val_fd" in val
                 else "no validation metric"
             )
-            print(
-                f"[genmodels] epoch {epoch + 1}/{spec.epochs} loss {metrics['train_loss']:.3f} "
-                f"{shown} {metrics['epoch_time_s']:.1f}s{' *' if improved else ''}",
-                flush=True,
+            per_epoch = (time.monotonic() - run_start) / (epoch + 1 - first_epoch)
+            left = 0 if state["stopped"] else spec.epochs - epoch - 1
+            _say(
+                cfg,
+                f"{cfg.get('prefix', '[genmodels]')} epoch {epoch + 1}/{spec.epochs} "
+                f"loss {metrics['train_loss']:.3f} {shown} {metrics['epoch_time_s']:.1f}s"
+                f"{' *' if improved else '  '} ETA {_duration(per_epoch * left)}"
+                + (
+                    " (time limit: stopping)"
+                    if state.get("timed_out")
+                    else " (early stop)"
+                    if state["stopped"]
+                    else ""
+                ),
             )
             if mlflow_client is not None:  # one batched write per epoch
                 from mlflow.entities import Metric
@@ -377,6 +471,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
         "val_score": state["best_val"],
         "steps": state["steps"],
         "stopped_early": state["stopped"],
+        "timed_out": bool(state.get("timed_out", False)),
         "resumes": json.dumps(state["resumes"]),
         "worker_nodes": json.dumps(nodes),
         **_numeric(settled, "scoring_"),
@@ -409,6 +504,26 @@ def train_loop(cfg: dict[str, Any]) -> None:
         _log_pictures(module, spec, state, mlflow_client, cfg["run_id"])
     # A checkpoint rides along so ``Result.metrics`` (the latest checkpointed report) is this one.
     _report_with_checkpoint(module, optimizers, best_state, state, final, rank, data_gen, extra)
+
+
+def _say(cfg: dict[str, Any], line: str) -> None:
+    """A progress line for the driver's console (its ``ProgressChannel``), else stdout."""
+    channel = cfg.get("progress")
+    if channel is not None:
+        channel.send(line)
+    else:
+        print(line, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    """``75`` -> ``1m15s``; ``4000`` -> ``1h06m``: an ETA at a glance (an upper bound: early
+    stopping may end the run sooner)."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def _die_once(marker: Path, epoch: int) -> None:
@@ -475,17 +590,36 @@ def _log_pictures(module, spec: TrainSpec, state, mlflow_client, run_id: str) ->
 
 # --------------------------------------------------------------------------- driver side
 def build_trainer(
-    spec: TrainSpec, data, run_id: str | None, tracking_uri: str | None, yardstick=None, **run_kw
+    spec: TrainSpec,
+    data,
+    run_id: str | None,
+    tracking_uri: str | None,
+    yardstick=None,
+    progress=None,
+    prefix: str = "[genmodels]",
+    **run_kw,
 ):
     """The ``TorchTrainer`` for ``spec`` over the loaded dataset ``data`` (``yardstick``: a
-    ``pipelines.quality.Yardstick`` the workers use for sample quality, or ``None``)."""
+    ``pipelines.quality.Yardstick`` the workers use for sample quality, or ``None``;
+    ``progress``: a ``pipelines.runtime.ProgressChannel`` for rank 0's epoch lines, each starting
+    with ``prefix``).
+
+    Starting the worker group is bounded: each attempt waits ``spec.start_timeout_s`` for its
+    resources (``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S`` unless set) and at most
+    ``spec.start_retries`` further attempts follow (``FailureConfig.controller_failure_limit``;
+    Ray's default retries forever).
+    """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     # Fail here, with the family's own message, not inside N workers: shape, data space, config.
-    genmodels.build(spec.family, tuple(data.input_shape), data.levels, **spec.model)
-    cpus, threads = plan_resources(spec, ray.cluster_resources().get("CPU", 1.0))
+    check_model(spec, data.input_shape, data.levels)
+    cluster = ray.cluster_resources()
+    check_resources(spec, cluster)
+    if _USER_START_TIMEOUT is None:  # the user's own setting wins
+        os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = f"{spec.start_timeout_s:g}"
+    cpus, threads = plan_resources(spec, cluster.get("CPU", 1.0))
     resources = {"CPU": cpus, **({"GPU": 1} if spec.use_gpu else {})}
     config = {
         "spec": dataclasses.asdict(spec),
@@ -498,11 +632,17 @@ def build_trainer(
         "run_id": run_id,
         "tracking_uri": tracking_uri,
         "yardstick": yardstick.payload() if yardstick is not None else None,
+        "progress": progress,
+        "prefix": prefix,
+        # Past this wall-clock time the workers stop after the epoch (best weights still tested).
+        "deadline": (time.time() + spec.timeout_s) if spec.timeout_s else None,
     }
     run_config = RunConfig(
         name=run_kw.pop("name", spec.run_name),
         storage_path=str(Path(spec.storage_path).expanduser().resolve()),
-        failure_config=FailureConfig(max_failures=spec.max_failures),
+        failure_config=FailureConfig(
+            max_failures=spec.max_failures, controller_failure_limit=spec.start_retries
+        ),
         checkpoint_config=CheckpointConfig(num_to_keep=2),
         **run_kw,
     )
@@ -517,14 +657,39 @@ def build_trainer(
     )
 
 
-def run_training(spec: TrainSpec) -> TrainOutcome:
-    """Train, log to MLflow, register: the whole driver path of ``genmodels train``."""
-    from .data import load_dataset
+def prepare_data(spec: TrainSpec):
+    """``spec``'s dataset read, checked and split without Ray (a ``PreparedDataset``)."""
+    from .data import prepare_dataset
+
+    return prepare_dataset(spec.dataset, binarize=spec.binarize, seed=spec.seed, limit=spec.limit)
+
+
+def registered_name(spec: TrainSpec, data) -> str:
+    """The name a run of ``spec`` on ``data`` registers under: ``registered_name`` or
+    ``<family>-<dataset name>``."""
+    return spec.registered_name or f"{spec.family}-{data.name}"
+
+
+def run_training(spec: TrainSpec, data=None, progress=None) -> TrainOutcome:
+    """Train, log to MLflow, register: the whole driver path of ``genmodels train``.
+
+    ``data``: the dataset already prepared (``prepare_data``) or loaded, else it is read here;
+    ``progress``: a ``pipelines.runtime.ProgressChannel`` that gets rank 0's epoch lines (they
+    are printed by the worker otherwise). The fit is bounded by ``spec.timeout_s``.
+    """
+    from .runtime import run_bounded
 
     spec.validate()
     tracking_uri = registry.resolve_tracking_uri(spec.tracking_uri)
     spec = dataclasses.replace(spec, tracking_uri=tracking_uri)
-    data = load_dataset(spec.dataset, binarize=spec.binarize, seed=spec.seed, limit=spec.limit)
+    if data is None:
+        data = prepare_data(spec)
+    if hasattr(data, "to_ray"):
+        data = data.to_ray()
+    if spec.register:  # a clash costs the user nothing yet: say so before training
+        registry.check_name(
+            tracking_uri, registered_name(spec, data), data.source_fingerprint, data.source
+        )
     exp_id = registry.ensure_experiment(tracking_uri, spec.experiment)
     client = registry.client(tracking_uri)
     name = spec.run_name or f"{spec.family}-{data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -548,8 +713,15 @@ def run_training(spec: TrainSpec) -> TrainOutcome:
                 print(f"[genmodels] {data.name} has no labels: no sample-quality yardstick")
             else:
                 client.set_tag(run_id, "yardstick", json.dumps(yardstick.info, default=float))
-        trainer = build_trainer(spec, data, run_id, tracking_uri, yardstick, name=name)
-        result = trainer.fit()
+        trainer = build_trainer(
+            spec, data, run_id, tracking_uri, yardstick, progress=progress, name=name
+        )
+        result = run_bounded(
+            trainer.fit,
+            timeout_s=(spec.timeout_s + HARD_STOP_GRACE_S) if spec.timeout_s else None,
+            what=f"training {name}",
+            progress=progress,
+        )
     except Exception:
         client.set_terminated(run_id, status="FAILED")
         raise
@@ -613,6 +785,8 @@ def register_trained(
         return None
     meta = {
         "dataset": data.name,
+        "source": data.source,
+        "source_fingerprint": data.source_fingerprint,
         "fingerprint": data.fingerprint,
         "preprocessing": data.preprocessing,
         "method": method,
@@ -624,7 +798,7 @@ def register_trained(
         model,
         meta,
         metrics,
-        name=spec.registered_name,
+        name=registered_name(spec, data),
         artifacts=artifacts,
     )
 

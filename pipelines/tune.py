@@ -26,6 +26,7 @@ from genmodels.base import SearchSpec
 
 from . import registry
 from .train import (
+    HARD_STOP_GRACE_S,
     TrainSpec,
     build_trainer,
     load_best_from_checkpoint,
@@ -66,9 +67,16 @@ class TuneOutcome:
 
 
 def _trial(
-    config: dict[str, Any], spec_dict: dict, data, parent_run_id: str, exp_id: str, yardstick=None
+    config: dict[str, Any],
+    spec_dict: dict,
+    data,
+    parent_run_id: str,
+    exp_id: str,
+    yardstick=None,
+    progress=None,
 ):
-    """One Tune trial: a nested MLflow run and a TorchTrainer reporting to Tune."""
+    """One Tune trial: a nested MLflow run and a TorchTrainer reporting to Tune (its epoch
+    lines, prefixed with the trial's name, go to ``progress``)."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -87,6 +95,8 @@ def _trial(
         run.info.run_id,
         spec.tracking_uri,
         yardstick,
+        progress=progress,
+        prefix=f"[{trial_name}]",
         name=f"{trial_name}-{run.info.run_id[:8]}",
         callbacks=[TuneReportCallback()],
     )
@@ -98,14 +108,24 @@ def _trial(
     client.set_terminated(run.info.run_id, status="FINISHED")
 
 
-def run_tuning(spec: TrainSpec, num_samples: int = 4, grace_period: int = 1) -> TuneOutcome:
-    """Search ``spec.family``'s space with ASHA; register the best trial's model."""
+def run_tuning(
+    spec: TrainSpec, num_samples: int = 4, grace_period: int = 1, data=None, progress=None
+) -> TuneOutcome:
+    """Search ``spec.family``'s space with ASHA; register the best trial's model.
+
+    ``data``: the dataset already prepared (``prepare_data``) or loaded, else read here;
+    ``progress``: a ``pipelines.runtime.ProgressChannel`` for the trials' epoch lines. The search
+    gets ``spec.timeout_s`` (Tune's ``time_budget_s``: trials still running then are stopped and
+    the best checkpoint so far wins; each trial's workers also stop at the first epoch end past
+    it), and an error if it still runs ``HARD_STOP_GRACE_S`` later.
+    """
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from .data import load_dataset
     from .evaluate import evaluate_split
+    from .runtime import run_bounded
+    from .train import check_resources, prepare_data, registered_name
 
     spec.validate()
     if num_samples < 1:
@@ -116,7 +136,15 @@ def run_tuning(spec: TrainSpec, num_samples: int = 4, grace_period: int = 1) -> 
     space = {k: v for k, v in cls.search_space.items() if k not in spec.model}
     if not space:
         raise ValueError(f"{spec.family}: nothing to tune (its search space is fixed by --set)")
-    data = load_dataset(spec.dataset, binarize=spec.binarize, seed=spec.seed, limit=spec.limit)
+    if data is None:
+        data = prepare_data(spec)
+    if hasattr(data, "to_ray"):
+        data = data.to_ray()
+    check_resources(spec, ray.cluster_resources())
+    if spec.register:
+        registry.check_name(
+            tracking_uri, registered_name(spec, data), data.source_fingerprint, data.source
+        )
     exp_id = registry.ensure_experiment(tracking_uri, spec.experiment)
     client = registry.client(tracking_uri)
     name = spec.run_name or f"tune-{spec.family}-{data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -140,6 +168,7 @@ def run_tuning(spec: TrainSpec, num_samples: int = 4, grace_period: int = 1) -> 
             parent_run_id=parent_id,
             exp_id=exp_id,
             yardstick=yardstick,
+            progress=progress,
         ),
         {"cpu": 0.01},
     )
@@ -151,6 +180,7 @@ def run_tuning(spec: TrainSpec, num_samples: int = 4, grace_period: int = 1) -> 
             mode="max",
             num_samples=num_samples,
             max_concurrent_trials=concurrent,
+            time_budget_s=spec.timeout_s or None,
             scheduler=ASHAScheduler(
                 time_attr="training_iteration",
                 max_t=spec.epochs + 1,  # +1: the final (test) report
@@ -159,11 +189,18 @@ def run_tuning(spec: TrainSpec, num_samples: int = 4, grace_period: int = 1) -> 
             ),
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=str(Path(spec.storage_path).expanduser().resolve())
+            name=name,
+            storage_path=str(Path(spec.storage_path).expanduser().resolve()),
+            verbose=0,  # no status tables: the trials' epoch lines are the progress
         ),
     )
     try:
-        results = tuner.fit()
+        results = run_bounded(
+            tuner.fit,
+            timeout_s=(spec.timeout_s + HARD_STOP_GRACE_S) if spec.timeout_s else None,
+            what=f"tuning {name}",
+            progress=progress,
+        )
     except Exception:
         client.set_terminated(parent_id, status="FAILED")
         raise
