@@ -82,9 +82,11 @@ REFERENCES = {
 }
 
 
-def run_entry(
+def train_entry(
     entry: str, data, yardstick, budget_s: float, batch_size: int, device: str, seed: int
-) -> dict:
+) -> tuple[genmodels.GenerativeModel, dict]:
+    """Train an entry for ``budget_s`` CPU-seconds, selecting the best epoch on validation;
+    returns the model with its best weights loaded and the training facts."""
     family, _, config = ENTRIES[entry]
     torch.manual_seed(seed)
     model = genmodels.build(family, data.input_shape, data.levels, **config).to(device)
@@ -92,7 +94,6 @@ def run_entry(
     opt = model.configure_optimizers()
     x_train = torch.from_numpy(data.numpy("train")[0])
     x_val = torch.from_numpy(data.numpy("validation")[0])
-    x_test = torch.from_numpy(data.numpy("test")[0])
     g = torch.Generator().manual_seed(seed)
     best = (-math.inf, None, -1)
     # The budget is CPU time of this process (all threads), not wall time: fair between entries
@@ -125,6 +126,26 @@ def run_entry(
         print(f"{entry}: epoch {epoch} val {val:.2f} {what} ({spent:.0f} CPU s)", flush=True)
         epoch += 1
     model.load_state_dict(best[1])
+    facts = {
+        "train_cpu_seconds": round(spent, 1),
+        "train_wall_seconds": round(time.monotonic() - start, 1),
+        "epochs": epoch,
+        "steps": steps,
+        "best_epoch": best[2],
+        "val_score": best[0],
+        "val_curve": curve,
+    }
+    return model, facts
+
+
+def run_entry(
+    entry: str, data, yardstick, budget_s: float, batch_size: int, device: str, seed: int
+) -> dict:
+    family, _, config = ENTRIES[entry]
+    model, facts = train_entry(entry, data, yardstick, budget_s, batch_size, device, seed)
+    has_likelihood = model.likelihood != "none"
+    x_test = torch.from_numpy(data.numpy("test")[0])
+    best = (facts["val_score"], None, facts["best_epoch"])
     t_test = time.monotonic()
     settled = model.prepare_scoring(torch.Generator().manual_seed(seed + 4343), final=True)
     save_weights(model, entry)
@@ -141,13 +162,7 @@ def run_entry(
         "levels": data.levels,
         "dataset": data.name,
         "fingerprint": data.fingerprint,
-        "train_cpu_seconds": round(spent, 1),
-        "train_wall_seconds": round(time.monotonic() - start, 1),
-        "epochs": epoch,
-        "steps": steps,
-        "best_epoch": best[2],
-        "val_score": best[0],
-        "val_curve": curve,
+        **facts,
         "settled": {k: v for k, v in settled.items() if isinstance(v, int | float | str)},
         "test_seconds": test_seconds,
         **quality,
@@ -180,12 +195,20 @@ def save_weights(model, entry: str) -> None:
     (MODELS / f"{entry}.json").write_text(json.dumps(model.export_config()))
 
 
-def yardstick_only(entry: str, yardstick, seed: int) -> dict:
-    """Re-score an entry's saved best weights with the yardstick (no training)."""
+def load_weights(entry: str) -> genmodels.GenerativeModel | None:
+    """An entry's saved best weights (from an earlier run), or None."""
     from safetensors.torch import load_file
 
+    if not (MODELS / f"{entry}.json").exists():
+        return None
     model = genmodels.from_export(json.loads((MODELS / f"{entry}.json").read_text()))
     model.load_state_dict(load_file(str(MODELS / f"{entry}.safetensors")))
+    return model.eval()
+
+
+def yardstick_only(entry: str, yardstick, seed: int) -> dict:
+    """Re-score an entry's saved best weights with the yardstick (no training)."""
+    model = load_weights(entry)
     quality = yardstick.evaluate(model.eval(), "test", seed=seed + 1)[0]
     return {**quality, "yardstick_method": yardstick.method}
 
