@@ -11,6 +11,18 @@ Choices here: binary data; the fixed raster order of the flattened input; the we
 ``MaskedLinear`` whose strictly lower-triangular mask is a buffer applied in ``forward`` (the
 weights above the diagonal exist but are never used); sampling is sequential, one dot product per
 dimension.
+
+Imputation (``impute``, see ``genmodels.impute_autoregressive``): when every missing entry comes
+after every observed one in raster order (e.g. the bottom of a digit missing), ancestral sampling
+with the observed values plugged in is exact (``"ancestral-exact"``) and ``log_prob_missing``,
+the sum of the missing entries' conditionals, is exact. Otherwise (``"sir-k=P+gibbs-sweeps=S"``):
+P sequential proposals per imputation, one kept by importance weight (the product of the observed
+entries' conditionals), then S Gibbs sweeps over the missing entries with the exact full
+conditionals p(x_d | x_-d) ∝ p(x) — here in O(D) per update with the logits kept current
+(``_ar_gibbs_binary``) rather than a forward pass; approximate (exact in the limit), and
+``log_prob_missing`` = log p(x) - log p̂(x_obs) is an importance *estimate* with its standard
+error. Defaults P = 8, S = 2, sized for 784-dim digits: about 1.5-2 CPU-s per 100 imputations on
+an incompatible mask (one thread; 0.05 s when ancestral-exact).
 """
 
 from __future__ import annotations
@@ -114,3 +126,26 @@ class FVSBN(BernoulliAutoregressive):
             draw = (ar.uniform(len(x), generator, x) < p).to(x.dtype)
             x[:, d] = torch.where(missing[:, d], draw, x[:, d])
         return x
+
+    def _ar_gibbs_binary(
+        self, state: Tensor, missing: Tensor, sweeps: int, generator: torch.Generator | None
+    ) -> Tensor:
+        """Gibbs sweeps with the exact full conditionals in O(D) per update instead of a forward
+        pass: with the logits L kept current, log p(x_d=1, x_-d) - log p(x_d=0, x_-d) = L_d +
+        sum_{j>d} [log s(+-(L_j + W_jd (1 - x_d))) - log s(+-(L_j - W_jd x_d))]."""
+        weight = self.linear.weight * self.linear.masks[self.linear.mask_index]  # (D, D)
+        state = state.clone()
+        logits = self.linear(state)  # (N, D)
+        dims = missing.any(0).nonzero().squeeze(1).tolist()
+        for _ in range(sweeps):
+            for d in dims:
+                rows = missing[:, d].nonzero().squeeze(1)
+                x, col = state[rows], weight[d + 1 :, d]
+                zero = logits[rows, d + 1 :] - x[:, d : d + 1] * col  # later logits, x_d = 0
+                sign = 2 * x[:, d + 1 :] - 1
+                later = F.logsigmoid(sign * (zero + col)) - F.logsigmoid(sign * zero)
+                delta = logits[rows, d] + later.sum(1)
+                new = (ar.uniform(len(rows), generator, delta) < torch.sigmoid(delta)).to(x.dtype)
+                logits[rows] += (new - x[:, d])[:, None] * weight[:, d]
+                state[rows, d] = new
+        return state

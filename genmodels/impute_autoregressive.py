@@ -245,6 +245,8 @@ def gibbs(
     lp = state_lp.clone()
     pos = model._ar_positions()[0]
     dims = [dim for dim in torch.argsort(pos).tolist() if bool(missing[:, dim].any())]
+    if model.levels == 2 and hasattr(model, "_ar_gibbs_binary"):  # a family's faster update
+        return model._ar_gibbs_binary(state, missing, sweeps, generator)
     if model.levels == 2:
         for _ in range(sweeps):
             for dim in dims:

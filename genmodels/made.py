@@ -12,6 +12,22 @@ Choices here: binary data; ``num_masks`` masks drawn once from the seed and stor
 training draws one mask per step (from the module's own generator, so it is reproducible);
 ``natural_order`` keeps the first mask in raster order; an optional direct input-to-output
 connection (masked, strictly autoregressive).
+
+Imputation (``impute``, see ``genmodels.impute_autoregressive``). The model is the mixture
+p = (1/K) sum_k p_k, so its conditional is p(x_mis | x_obs) = sum_k w_k p_k(x_mis | x_obs) with
+w_k ∝ p_k(x_obs). When every mask's order puts the observed entries first (always so for
+K = 1 with a compatible mask, and for rows with nothing observed), p_k(x_obs) is exact, the mask
+is drawn by w_k and the missing entries are sampled ancestrally under it: exact for the mixture
+(``"mask-posterior+ancestral-exact"``; ``"ancestral-exact"`` for K = 1), and so is
+``log_prob_missing``. Sampling from one compatible mask alone would be exact for that component,
+not for the model, so a row that is compatible with only some masks takes the general route:
+P sequential proposals per imputation from the compatible masks (all masks if none), resampled by
+the mixture importance weight p(x) / q(x_mis), then S Gibbs sweeps with the mixture's exact full
+conditionals (K forward passes per missing entry) — ``"sir-k=P+gibbs-sweeps=S"``, approximate —
+and an importance *estimate* of ``log_prob_missing`` with its standard error. Sequential sampling
+updates the first layer one input column at a time. Defaults P = 4, S = 0 (``impute_proposals``,
+``impute_sweeps``), sized for 784-dim digits with one hidden layer of 500: about 0.5-0.9 CPU-s per
+100 imputations on an incompatible mask with K = 1 (0.1 s ancestral-exact).
 """
 
 from __future__ import annotations
@@ -37,7 +53,7 @@ from .base import (
 )
 from .layers import MaskedLinear, made_degrees, made_masks
 
-IMPUTE_PROPOSALS, IMPUTE_SWEEPS = 8, 0  # sized for 784-dim digits (see the docstring)
+IMPUTE_PROPOSALS, IMPUTE_SWEEPS = 4, 0  # sized for 784-dim digits (see the docstring)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,16 @@ Choices here: binary data; one fixed order, raster (``order_seed=-1``) or a rand
 drawn once from ``order_seed``; ``log_prob`` computes every a_d at once with an exclusive
 cumulative sum over the order (memory B·D·H); sampling runs the same recurrence, O(D·H) per
 sample; W and V initialised uniformly at the fan-in scale, biases at zero.
+
+Imputation (``impute``, see ``genmodels.impute_autoregressive``): exact ancestral sampling
+(``"ancestral-exact"``, exact ``log_prob_missing``) when every missing entry comes after every
+observed one in the model's order; otherwise P sequential proposals per imputation resampled by
+importance weight, then S Gibbs sweeps with the exact full conditionals
+(``"sir-k=P+gibbs-sweeps=S"``; one O(D·H) forward pass per missing entry and sweep) and an
+importance *estimate* of ``log_prob_missing`` with its standard error. Defaults P = 2, S = 0
+(``impute_proposals``, ``impute_sweeps``), sized for 784-dim digits with H = 500: about 1.3-2 CPU-s
+per 100 imputations on an incompatible mask (0.2 s when ancestral-exact); Gibbs costs ~392
+forward passes per sweep there, so it is for small models or a larger budget.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ from .base import (
     register,
 )
 
-IMPUTE_PROPOSALS, IMPUTE_SWEEPS = 8, 0  # sized for 784-dim digits (see the docstring)
+IMPUTE_PROPOSALS, IMPUTE_SWEEPS = 2, 0  # sized for 784-dim digits (see the docstring)
 
 
 @dataclass(frozen=True)

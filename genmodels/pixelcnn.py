@@ -29,6 +29,16 @@ Choices here:
 * sampling is sequential (H * W * C network passes). Each pass computes only what the current
   row needs: a masked stack looks ``receptive_rows`` rows up and never down, so the pass runs on
   those rows and drops, after every layer, the rows the layers above no longer need.
+* imputation (``impute``, see ``genmodels.impute_autoregressive``): ancestral sampling with the
+  observed values plugged in, exact when every missing entry comes after every observed one in
+  raster-then-channel order (``"ancestral-exact"``, exact ``log_prob_missing``, e.g. the bottom
+  of a digit missing); otherwise P sequential proposals per imputation resampled by importance
+  weight, then S sweeps: exact Gibbs for binary data (one forward pass per missing entry), and for
+  L > 2 levels Metropolis-within-Gibbs proposing x_d from p(x_d | x_<d) (one pass per entry
+  instead of L: ``"sir-k=P+mh-gibbs-sweeps=S"``); ``log_prob_missing`` is then an importance
+  estimate with its standard error. Defaults P = 2, S = 0 (``impute_proposals``,
+  ``impute_sweeps``): the sequential passes dominate, ~20 CPU-s per 100 ancestral imputations of
+  28x28 digits with 32 channels and 5 layers, ~35-70 with P = 1-2 on an incompatible mask.
 """
 
 from __future__ import annotations
