@@ -69,11 +69,13 @@ from .base import (
     BaseConfig,
     Condition,
     GenerativeModel,
+    ImputeResult,
     ScoreResult,
     SearchSpec,
     importance_weighted,
     register,
 )
+from .impute_latent import Proposal, gaussian_proposal, sir_impute
 from .vae import mlp
 
 SD_FLOOR = 1e-6  # r's standard deviation, where the encoder ignores its noise
@@ -92,6 +94,11 @@ class AVBConfig(BaseConfig):
     embed_samples: int = 32
     adaptive_contrast: bool = True  # contrast q with r(z|x), the Gaussian fit, not with p(z)
     contrast_samples: int = 16  # draws per example (and per use) for r's moments
+    impute_k: int = 500
+    impute_refine: int = 2
+    impute_score_k: int = 100
+    impute_moment_samples: int = 64  # draws of g(x~, eps) for the proposal's moments
+    impute_proposal_scale: float = 1.0  # the proposal's sd = this x the moment-matched sd
     lr: float = 1e-3
 
 
@@ -116,7 +123,7 @@ class AVB(GenerativeModel):
     data_kinds = ("binary",)
     Config = AVBConfig
     phases = ("discriminator", "main")
-    capabilities = frozenset({"log_prob", "embed"})
+    capabilities = frozenset({"log_prob", "embed", "impute"})
     sample_limit = 1024
     search_space = {
         "latent_dim": SearchSpec("choice", (4, 8, 16)),
@@ -146,6 +153,10 @@ class AVB(GenerativeModel):
             raise ValueError(f"avb: eval must be 'elbo' or 'iw', got {config.eval!r}")
         if not config.disc_lr > 0:
             raise ValueError(f"avb: disc_lr must be > 0, got {config.disc_lr}")
+        if config.impute_k < 1 or config.impute_refine < 0 or config.impute_score_k < 0:
+            raise ValueError("avb: impute_k must be >= 1, impute_refine and impute_score_k >= 0")
+        if config.impute_moment_samples < 2 or not config.impute_proposal_scale > 0:
+            raise ValueError("avb: impute_moment_samples must be >= 2, impute_proposal_scale > 0")
         d, h, z = self.num_dims, config.hidden_sizes, config.latent_dim
         self.encoder = TwoInputMLP(d, config.noise_dim, h, z)  # z = g(x, eps)
         self.decoder = mlp((z, *reversed(h), d))  # Bernoulli logits of p(x|z)
@@ -323,3 +334,25 @@ class AVB(GenerativeModel):
         g = torch.Generator().manual_seed(0)
         eps = self._noise((self.config.embed_samples, 1, self.config.noise_dim), g, x)
         return self.encode(x, eps.expand(-1, len(x), -1)).mean(0)
+
+    @torch.no_grad()
+    def _impute(
+        self, x: Tensor, mask: Tensor, generator: torch.Generator | None, num_samples: int
+    ) -> ImputeResult:
+        """SIR over the posterior with the Gaussian r(z|x~) as proposal; see the module docstring
+        and ``genmodels.impute_latent``."""
+        cfg = self.config
+        dtype = self.decoder[0].weight.dtype
+
+        def make_proposal(x_fill: Tensor, gen: torch.Generator | None) -> Proposal:
+            m, e = cfg.impute_moment_samples, cfg.noise_dim
+            z = self.encode(x_fill, self._noise((m, len(x_fill), e), gen, x_fill))  # (m, B, Z)
+            sd = z.std(0).clamp_min(SD_FLOOR) * cfg.impute_proposal_scale
+            return gaussian_proposal(z.mean(0), sd, gen)
+
+        return sir_impute(
+            x.to(dtype), mask.to(dtype), generator, num_samples,
+            make_proposal=make_proposal, decoder=self.decoder, latent_dim=cfg.latent_dim,
+            k=cfg.impute_k, chunk=cfg.eval_chunk, refine=cfg.impute_refine,
+            score_k=cfg.impute_score_k, fill_draws=100, label="avb",
+        )  # fmt: skip
