@@ -1,14 +1,34 @@
-"""Shared fixtures: one Ray session for the whole pytest run (ray.init costs seconds)."""
+"""Shared fixtures: one Ray session for the whole pytest run (ray.init costs seconds).
+
+The suite's Ray is its own: started with ``address="local"`` (never joining a Ray that
+``RAY_ADDRESS`` or the default temp dir points at), in a private temp dir, on ports the OS says are
+free, and with its address exported (``RAY_ADDRESS``) to every process it starts, so that Ray's own
+helpers that connect without an address (Ray Train's placement-group cleaner, the State API) find
+this instance even when other Ray instances run on the machine. Two runs of the suite, or the
+suite next to anyone else's Ray, do not collide. See docs/TESTING.md.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import tempfile
 
 import pytest
 
-# Ports of the suite's shared Ray, apart from the defaults so a user's Ray is not disturbed.
-DASHBOARD_PORT = int(os.environ.get("GENMODELS_TEST_DASHBOARD_PORT", "8365"))
-SERVE_PORT = int(os.environ.get("GENMODELS_TEST_SERVE_PORT", "8399"))
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (the OS's pick from its ephemeral range)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def short_temp_dir(prefix: str) -> str:
+    """A new directory directly under /tmp: Ray's Unix socket paths must stay under 108 bytes,
+    which pytest's deep ``tmp_path`` folders would exceed."""
+    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -24,25 +44,53 @@ def genmodels_cache(tmp_path_factory):
         os.environ["GENMODELS_CACHE"] = previous
 
 
+RAY_ENV = ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT", "RAY_TMPDIR")
+
+
 @pytest.fixture(scope="session")
 def ray_session():
-    """A local Ray with 2 CPUs and the dashboard on (Tune's trial clean-up needs it)."""
+    """A private local Ray with 2 CPUs and the dashboard on (Tune's trial clean-up needs it).
+
+    Its GCS port is chosen before the start (``RAY_GCS_SERVER_PORT``) so that ``RAY_ADDRESS`` can
+    be exported before the raylet starts: the workers inherit the raylet's environment, not
+    what the driver sets later."""
     import ray
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    started = False
-    if not ray.is_initialized():
-        ray.init(
+    if ray.is_initialized():  # someone (a plugin, a caller) started one: use it, never stop it
+        yield ray
+        return
+    saved = {k: os.environ.get(k) for k in RAY_ENV}
+    temp = short_temp_dir("gm-ray-")
+    gcs_port = free_port()
+    address = f"{ray.util.get_node_ip_address()}:{gcs_port}"
+    os.environ.update(RAY_ADDRESS=address, RAY_GCS_SERVER_PORT=str(gcs_port), RAY_TMPDIR=temp)
+    try:
+        ctx = ray.init(
+            address="local",  # a new instance: never the one RAY_ADDRESS named before
             num_cpus=2,
             include_dashboard=True,
-            dashboard_port=DASHBOARD_PORT,
+            dashboard_port=free_port(),
             object_store_memory=600 * 1024**2,
             log_to_driver=True,
+            _temp_dir=temp,
         )
-        started = True
-    yield ray
-    if started:
+        assert ctx.address_info["gcs_address"] == address, (ctx.address_info, address)
+        yield ray
+    finally:
         ray.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def serve_port() -> int:
+    """The HTTP port of the suite's Ray Serve (one per Ray: Serve's HTTP options are global)."""
+    return free_port()
 
 
 @pytest.fixture()

@@ -108,37 +108,57 @@ def test_coverage_and_confidence_extremes():
     assert q.fd == pytest.approx(0.0, abs=1e-12) and q.num_samples == 40
 
 
-def gaussian_points(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """2F points mean ± c std_i e_i whose sample mean is ``mean`` and whose unbiased sample
-    covariance is exactly diag(std^2)."""
+def gaussian_points(mean: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """2F points mean ± c L_i (L_i the columns of ``factor``, or ``diag(factor)`` when it is a
+    vector) whose sample mean is ``mean`` and whose unbiased sample covariance is exactly L L^T."""
     f = len(mean)
+    factor = torch.diag(factor) if factor.dim() == 1 else factor
     c = math.sqrt((2 * f - 1) / 2)
-    offsets = torch.diag(c * std)  # (F, F)
+    offsets = c * factor.T.double()  # (F, F): row i = c L_i
     return torch.cat([mean + offsets, mean - offsets]).double()  # (2F, F)
+
+
+def trace_sqrt_2x2(s_a: torch.Tensor, s_b: torch.Tensor) -> float:
+    """Tr (S_a S_b)^{1/2} for 2x2 covariances without any matrix square root: the eigenvalues
+    l1, l2 >= 0 of S_a S_b give sqrt(l1) + sqrt(l2) = sqrt(l1 + l2 + 2 sqrt(l1 l2))."""
+    det = torch.linalg.det(s_a) * torch.linalg.det(s_b)
+    return math.sqrt((s_a @ s_b).trace().item() + 2 * math.sqrt(det.item()))
 
 
 def test_frechet_distance_closed_forms():
     g = torch.Generator().manual_seed(0)
-    mu_a, mu_b = torch.randn(6, generator=g), torch.randn(6, generator=g)
-    sd_a, sd_b = torch.rand(6, generator=g) + 0.5, torch.rand(6, generator=g) + 0.5
+    mu_a, mu_b = (torch.randn(6, generator=g, dtype=torch.float64) for _ in "ab")
+    sd_a, sd_b = (torch.rand(6, generator=g, dtype=torch.float64) + 0.5 for _ in "ab")
     a = gaussian_points(mu_a, sd_a)
     assert abs(frechet_distance(a, a)) < 1e-9
     shifted = gaussian_points(mu_b, sd_a)
     assert frechet_distance(a, shifted) == pytest.approx((mu_a - mu_b).square().sum().item())
-    b = gaussian_points(mu_b, sd_b)
-    # Tr(S_a + S_b - 2 sqrt(S_a S_b)) = sum (sd_a - sd_b)^2 for diagonal covariances
-    expected = ((mu_a - mu_b).square() + (sd_a - sd_b).square()).sum().item()
-    assert frechet_distance(a, b) == pytest.approx(expected)
-    # A rotated covariance against an isotropic one: sum (1 - sd_b)^2 + ||dm||^2 still; an
-    # elementwise square root of the covariance matrices would get this wrong.
+    # Commuting covariances Q diag(sd^2) Q^T (one random rotation Q, far from diagonal): the
+    # distance is ||dm||^2 + sum (sd_a - sd_b)^2, the eigenvalues' square roots compared.
     q, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
-    rotated = (b - mu_b.double()) @ q.T + mu_b.double()
-    iso = gaussian_points(mu_a, torch.ones(6))
-    expected = ((mu_a - mu_b).square() + (1 - sd_b).square()).sum().item()
-    assert frechet_distance(iso, rotated) == pytest.approx(expected)
-    var_b = torch.cov(rotated.T).diagonal()  # a bug that ignores the off-diagonal terms:
-    wrong = ((mu_a - mu_b).square() + (1 - var_b.sqrt()).square()).sum().item()
-    assert abs(wrong - expected) > 0.01  # differs, so the check above has teeth
+    a, b = gaussian_points(mu_a, q * sd_a), gaussian_points(mu_b, q * sd_b)
+    cov_a = torch.cov(a.T)
+    assert (cov_a - torch.diag(cov_a.diagonal())).abs().max() > 0.1  # truly not diagonal
+    expected = ((mu_a - mu_b).square() + (sd_a - sd_b).square()).sum().item()
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance(b, a) == pytest.approx(expected, rel=1e-9)
+    # Non-commuting 2x2 covariances: Tr sqrt(S_a S_b) from the eigenvalues' closed form.
+    l_a = torch.tensor([[1.5, 0.0], [1.2, 0.4]], dtype=torch.float64)
+    l_b = torch.tensor([[0.3, 0.0], [-0.9, 1.1]], dtype=torch.float64)
+    m_a, m_b = torch.tensor([0.5, -1.0]).double(), torch.tensor([-0.2, 0.3]).double()
+    s_a, s_b = l_a @ l_a.T, l_b @ l_b.T
+    assert not torch.allclose(s_a @ s_b, s_b @ s_a)  # they do not commute
+    expected = (m_a - m_b).square().sum().item() + (s_a + s_b).trace().item()
+    expected -= 2 * trace_sqrt_2x2(s_a, s_b)
+    p_a, p_b = gaussian_points(m_a, l_a), gaussian_points(m_b, l_b)
+    assert frechet_distance(p_a, p_b) == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance(p_b, p_a) == pytest.approx(expected, rel=1e-9)
+    # Control: an elementwise square root of the covariance gives another value, so the checks
+    # above catch it (S^{1/2} is not sqrt(S_ij) unless S is diagonal).
+    elementwise = s_a.sqrt() @ s_b @ s_a.sqrt()
+    wrong = (m_a - m_b).square().sum().item() + (s_a + s_b).trace().item()
+    wrong -= 2 * torch.linalg.eigvalsh((elementwise + elementwise.T) / 2).clamp_min(0).sqrt().sum()
+    assert abs(wrong.item() - expected) > 0.05
 
 
 def test_frechet_distance_symmetric_and_validates():

@@ -62,6 +62,11 @@ def test_free_energy_sums_out_the_hiddens(visible, hidden):
 # --------------------------------------------------------------------------------------- AIS
 @pytest.mark.parametrize(("seed", "base_from_data"), [(0, False), (1, False), (2, True)])
 def test_ais_agrees_with_exact_log_z(seed, base_from_data):
+    """Many chains through a coarse schedule (4000 x 50): the estimate is as precise as with
+    200 x 1500, in a tenth of the time, and each step's transition matters. A transition taken
+    at beta_{k-1} instead of beta_k (the chains one temperature behind) reads log Z 0.2-0.8
+    nats low here, 17-28 standard errors on every seed; with 200 x 1500 it was -3.3, +0.6 and
+    -1.7 standard errors, caught by luck."""
     model = random_rbm(seed)
     if base_from_data:  # a base with nonzero visible biases (as after the first training batch)
         g = torch.Generator().manual_seed(seed)
@@ -69,12 +74,12 @@ def test_ais_agrees_with_exact_log_z(seed, base_from_data):
         model.set_base_rates(data)
         assert model.base_bias.abs().max() > 0.5
     exact = model.exact_log_z()
-    res = model.ais_log_z(200, 1500, torch.Generator().manual_seed(seed))
+    res = model.ais_log_z(4000, 50, torch.Generator().manual_seed(seed))
     assert 0 < res.stderr < 0.05 and res.effective_sample_size > 50
     assert abs(res.log_z - exact) < 3 * res.stderr and abs(res.log_z - exact) < 0.1
     # Far too few temperatures: the reported error says the estimate is much less precise.
-    rough = model.ais_log_z(200, 3, torch.Generator().manual_seed(seed))
-    assert rough.stderr > 3 * res.stderr
+    rough = model.ais_log_z(4000, 3, torch.Generator().manual_seed(seed))
+    assert rough.stderr > 1.5 * res.stderr  # measured 2.0-2.7x
 
 
 def test_ais_controls_disagree_with_exact_log_z(monkeypatch):
@@ -178,7 +183,14 @@ def test_log_z_is_saved_with_the_weights_and_goes_stale_on_training(monkeypatch)
     res = model.score(x)
     assert res.method == info["method"] and res.shared_stderr == info["log_z_stderr"]
     torch.testing.assert_close(res.stderr, torch.full((len(x),), info["log_z_stderr"]))
-    torch.testing.assert_close(res.log_prob, -model.free_energy(x) - info["log_z"])
+    # The scores are the exact log-probabilities (joint energies summed over every (v, h)),
+    # all shifted by the one AIS error in log Z: the same for every example.
+    neg_energy = -joint_energy(model, binary_states((10,)), binary_states((8,)))
+    exact_log_p = torch.logsumexp(-joint_energy(model, x, binary_states((8,))), 1)
+    exact_log_p -= torch.logsumexp(neg_energy.flatten(), 0)
+    shift = exact_log_p - res.log_prob.double()
+    assert shift.max() - shift.min() < 1e-4, shift
+    assert shift.mean().item() == pytest.approx(info["log_z"] - model.exact_log_z(), abs=1e-4)
     for key in ("log_z", "log_z_stderr", "log_z_valid", "log_z_chains", "log_z_betas"):
         assert key in model.state_dict()
 

@@ -19,18 +19,11 @@ pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module", autouse=True)
-def ray_ctx():
-    """Reuse the suite's Ray if one is up; otherwise start a small private one and stop only it."""
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+def ray_ctx(ray_session):
+    """The suite's private Ray (tests/conftest.py: its own instance, temp dir and ports)."""
+    ray_session.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.INFO)  # its DEBUG records swamp failure reports
-    yield ray
-    if started:
-        ray.shutdown()
+    return ray_session
 
 
 @pytest.fixture(scope="module")
