@@ -602,6 +602,10 @@ def make_parser() -> argparse.ArgumentParser:
     )
     add_registry_option(sp)
 
+    from .uses import add_use_commands
+
+    add_use_commands(command, add_model_options, add_registry_option)
+
     sp = command("serve", cmd_serve, "serve the registry over HTTP with Ray Serve")
     sp.add_argument("--host", default="127.0.0.1", help="interface to listen on (127.0.0.1)")
     sp.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")

@@ -84,3 +84,176 @@ def jsonable(value: Any) -> Any:
 
 def dumps(obj: dict[str, Any]) -> str:
     return json.dumps({k: jsonable(v) for k, v in obj.items()})
+
+
+# ------------------------------------------------------------------------------ CLI commands
+def split_arrays(prepared, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A split of a ``PreparedDataset`` as the models see it (x in the data space, y), in
+    NumPy without Ray: the same transform Ray Data applies (validation/test: the fixed draw)."""
+    from .data import _preprocess
+
+    rows = prepared.rows[split]
+    how = "integers" if prepared.binarize == "none" else "binary"
+    batch = {"x": prepared.raw[rows], "y": prepared.y[rows], "row": rows}
+    out = _preprocess(batch, how=how, raw_levels=prepared.raw_levels, seed=prepared.seed)
+    return out["x"], out["y"]
+
+
+def _require(model, capability: str, name: str) -> None:
+    from .cli import CLIError
+
+    if capability not in model.capabilities:
+        raise CLIError(
+            f"{name} ({model.family}) has no capability {capability!r}; it has: "
+            f"{', '.join(sorted(model.capabilities))}"
+        )
+
+
+def cmd_impute(args) -> int:
+    """``genmodels impute``: mask the first --n digits of the version's own split, impute them,
+    write a picture (masked | imputations | truth) or the arrays, print a summary or JSON."""
+    import torch
+
+    from .cli import CLIError, _evaluation_data, _load, _registry_uri
+    from .masks import make_masks
+
+    suffix = Path(args.out).suffix.lower()
+    if suffix not in (".png", ".jpg", ".jpeg", ".npz"):
+        raise CLIError(
+            f"bad value {args.out!r} for --out: give a .png or .jpg file (masked | imputed | "
+            "truth) or a .npz file (x, mask, samples)"
+        )
+    if not 1 <= args.n <= 64:
+        raise CLIError(f"bad value {args.n} for --n (1..64 examples)")
+    if not 1 <= args.num_samples <= 16:
+        raise CLIError(f"bad value {args.num_samples} for --num-samples (1..16)")
+    model, info = _load(args, _registry_uri(args))
+    name = f"{args.model} v{info['version']}"
+    _require(model, "impute", name)
+    prepared = _evaluation_data(args, info)
+    x, _ = split_arrays(prepared, args.split)
+    x = x[: args.n]
+    mask = make_masks(args.mask, len(x), model.input_shape, seed=args.seed)
+    g = torch.Generator().manual_seed(args.seed)
+    with torch.no_grad():
+        r = model.impute(torch.from_numpy(x), torch.from_numpy(mask), g, args.num_samples)
+    samples = r.samples.numpy()
+    arrays = {"x": x, "mask": mask, "samples": samples}
+
+    def picture(path):
+        rows = imputation_rows(x, mask, samples, model.input_shape, model.levels)
+        return save_rows(rows, path)
+
+    path = write_output(args.out, arrays, picture)
+    summary = {
+        "model": args.model,
+        "version": info["version"],
+        "mask": args.mask,
+        "n": len(x),
+        "num_samples": args.num_samples,
+        "method": r.method,
+        "missing_fraction": float(1 - mask.mean()),
+        "out": str(path),
+    }
+    if r.log_prob_missing is not None:
+        summary["log_prob_missing_mean"] = float(r.log_prob_missing.mean())
+        summary["log_prob_method"] = r.log_prob_method
+    if args.json:
+        print(dumps({**summary, "samples": samples, "log_prob_missing": r.log_prob_missing}))
+    else:
+        extra = (
+            f"; mean log p(x_missing | x_observed) = {summary['log_prob_missing_mean']:.2f} "
+            f"nats ({r.log_prob_method})"
+            if r.log_prob_missing is not None
+            else ""
+        )
+        print(
+            f"imputed {len(x)} {args.split} examples of {name} under the {args.mask} mask "
+            f"({summary['missing_fraction']:.0%} missing), {args.num_samples} draws each, "
+            f"by {r.method}{extra}; written to {path}"
+        )
+    return 0
+
+
+def cmd_embed(args) -> int:
+    """``genmodels embed``: the embeddings of a split of the version's own data, to .npz/.npy."""
+    import torch
+
+    from .cli import CLIError, _evaluation_data, _load, _registry_uri
+
+    suffix = Path(args.out).suffix.lower()
+    if suffix not in (".npz", ".npy"):
+        raise CLIError(
+            f"bad value {args.out!r} for --out: give a .npz (embedding and labels) or .npy file"
+        )
+    model, info = _load(args, _registry_uri(args))
+    name = f"{args.model} v{info['version']}"
+    _require(model, "embed", name)
+    x, y = split_arrays(_evaluation_data(args, info), args.split)
+    if args.n is not None:
+        x, y = x[: args.n], y[: args.n]
+    with torch.no_grad():
+        z = torch.cat(
+            [model.embed(torch.from_numpy(x[i : i + 500])) for i in range(0, len(x), 500)]
+        )
+    z = z.flatten(1).numpy()
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".npz":
+        np.savez_compressed(path, embedding=z, y=y)
+    else:
+        np.save(path, z, allow_pickle=False)
+    print(
+        f"embedded {len(x)} {args.split} examples of {name}: {z.shape[1]} dims, written to {path}"
+    )
+    return 0
+
+
+def add_use_commands(command, add_model_options, add_registry_option) -> None:
+    """Register ``impute`` and ``embed`` on the CLI (``command`` makes a subparser)."""
+    from .masks import MASK_KINDS
+
+    sp = command(
+        "impute",
+        cmd_impute,
+        "fill in hidden pixels of the version's own test digits with a registered model",
+        "Hide part of the first --n examples of a split (the version's own data, rebuilt "
+        "exactly) under a named mask, impute them with the model's own method (exact where it "
+        "can be), and write masked | imputations | truth.",
+    )
+    add_model_options(sp)
+    sp.add_argument(
+        "--mask", default="top-half", choices=MASK_KINDS, help="what to hide (default top-half)"
+    )
+    sp.add_argument("--n", type=int, default=16, help="examples (1..64, default 16)")
+    sp.add_argument(
+        "--num-samples", type=int, default=3, help="imputations per example (1..16, default 3)"
+    )
+    sp.add_argument(
+        "--split", default="test", choices=["train", "validation", "test"], help="(default test)"
+    )
+    sp.add_argument("--dataset", metavar="NAME|PATH", help="other data (default: the version's)")
+    sp.add_argument(
+        "--out",
+        default="impute.png",
+        metavar="FILE",
+        help=".png/.jpg picture (masked | imputations | truth) or .npz arrays (default impute.png)",
+    )
+    sp.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_registry_option(sp)
+
+    sp = command(
+        "embed",
+        cmd_embed,
+        "embed a split of the version's own data with a registered model",
+    )
+    add_model_options(sp)
+    sp.add_argument(
+        "--split", default="test", choices=["train", "validation", "test"], help="(default test)"
+    )
+    sp.add_argument("--n", type=int, help="only the first N examples")
+    sp.add_argument("--dataset", metavar="NAME|PATH", help="other data (default: the version's)")
+    sp.add_argument(
+        "--out", default="embedding.npz", metavar="FILE", help=".npz (with labels) or .npy"
+    )
+    add_registry_option(sp)
