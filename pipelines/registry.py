@@ -172,6 +172,7 @@ def register_model(
                 artifacts={"weights": str(weights), "spec": str(spec), **(artifacts or {})},
                 registered_model_name=name,
                 pip_requirements=[f"genmodels=={genmodels.__version__}"],
+                metadata={"capabilities": sorted(model.capabilities), "family": model.family},
             )
     version = str(info.registered_model_version)
     c = client(tracking_uri)
