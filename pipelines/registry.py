@@ -14,10 +14,14 @@ The alias ``champion`` moves only to a version that beats the current champion o
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
 import subprocess
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,6 +140,19 @@ class Registered:
     reason: str
 
 
+def _pyfunc_signature():
+    """The pyfunc's parameters (``predict(x, params={...})``); inputs are not constrained."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec
+
+    return ModelSignature(
+        inputs=None,
+        params=ParamSchema(
+            [ParamSpec("capability", "string", "log_prob"), ParamSpec("seed", "long", 0)]
+        ),
+    )
+
+
 def register_model(
     tracking_uri: str,
     run_id: str,
@@ -165,7 +182,7 @@ def register_model(
     mlflow.set_registry_uri(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         weights, spec = save_model_files(model, meta, Path(tmp))
-        with mlflow.start_run(run_id=run_id):
+        with mlflow.start_run(run_id=run_id), _quiet_mlflow():
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=PYFUNC_CODE,
@@ -173,6 +190,7 @@ def register_model(
                 registered_model_name=name,
                 pip_requirements=[f"genmodels=={genmodels.__version__}"],
                 metadata={"capabilities": sorted(model.capabilities), "family": model.family},
+                signature=_pyfunc_signature(),
             )
     version = str(info.registered_model_version)
     c = client(tracking_uri)
@@ -392,6 +410,19 @@ def describe_models(tracking_uri: str) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+@contextlib.contextmanager
+def _quiet_mlflow():
+    """Unless MLflow's logger is at INFO (``--verbose``): drop what ``log_model`` prints to
+    stderr ("Successfully registered model ...": the CLI says it itself) and its advice to
+    type-hint ``predict`` (our pyfunc takes NumPy batches of any shape)."""
+    if logging.getLogger("mlflow").isEnabledFor(logging.INFO):
+        yield
+        return
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.filterwarnings("ignore", message=".*Add type hints", category=UserWarning)
+        yield
 
 
 def torch_load_trusted(path: str | Path) -> Any:
