@@ -263,7 +263,7 @@ def cmd_tune(args) -> int:
         out = run_tuning(spec, num_samples=args.num_samples, data=data, progress=progress)
     finally:
         progress.close()
-    _print_outcome("tuned", spec.family, out.best_metrics, out.registered)
+    _print_outcome("tuned", spec.family, {**out.best_metrics, "method": out.method}, out.registered)
     print(f"best config: {json.dumps(out.best_config, default=str)}")
     return 0
 

@@ -416,12 +416,14 @@ def describe_models(tracking_uri: str) -> list[dict[str, Any]]:
 def _quiet_mlflow():
     """Unless MLflow's logger is at INFO (``--verbose``): drop what ``log_model`` prints to
     stderr ("Successfully registered model ...": the CLI says it itself) and its advice to
-    type-hint ``predict`` (our pyfunc takes NumPy batches of any shape)."""
+    type-hint ``predict`` or give an input example (our pyfunc takes NumPy batches of any
+    shape)."""
     if logging.getLogger("mlflow").isEnabledFor(logging.INFO):
         yield
         return
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.filterwarnings("ignore", message=".*Add type hints", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*input example was not provided")
         yield
 
 

@@ -43,10 +43,16 @@ def ray_log_dir() -> str | None:
 
 
 def quiet_logging(verbose: bool) -> None:
-    """Driver-side Ray / Ray Data / MLflow loggers: warnings only unless ``verbose``."""
-    level = logging.INFO if verbose else logging.WARNING
-    for name in ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve", "mlflow", "alembic"):
-        logging.getLogger(name).setLevel(level)
+    """Driver-side Ray / Ray Data / MLflow loggers: errors (Ray) and warnings (MLflow) only
+    unless ``verbose``; MLflow's download progress bars and Tune's status tables off too."""
+    if not verbose:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the new engine prints tables anyway
+    for name in ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def init_ray(address: str | None = None, *, verbose: bool = False, **kw: Any) -> bool:

@@ -64,6 +64,7 @@ class TuneOutcome:
     best_metrics: dict[str, Any]
     trials: list[dict[str, Any]]
     registered: registry.Registered | None
+    method: str = ""  # how the best model's likelihood (or sample quality) was measured
 
 
 def _trial(
@@ -265,7 +266,7 @@ def run_tuning(
         ),
         parent_id,
     )
-    return TuneOutcome(parent_id, best_run, best["config"], metrics, trials, registered)
+    return TuneOutcome(parent_id, best_run, best["config"], metrics, trials, registered, method)
 
 
 def _same_config(params: dict[str, str], config: dict[str, Any]) -> bool:

@@ -9,6 +9,7 @@ exactly the split the model never saw, outputs are what they say, and every mist
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -183,8 +184,7 @@ def test_a_gpu_run_on_a_cpu_cluster_is_refused_before_ray_train():
 
 
 def test_serve_on_a_port_in_use_is_one_line(tmp_path, capsys, no_ray):
-    _register(_uri(tmp_path), "digits")
-    capsys.readouterr()
+    (tmp_path / "mlflow.db").touch()  # a registry that exists (its content is not read yet)
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         held.listen()
@@ -338,3 +338,30 @@ def test_tune_two_trials_one_worker_each_finishes_on_two_cores(ray_session, tmp_
     out = capsys.readouterr().out
     assert "registered made-digits v1" in out
     assert out.count(" epoch 1/1 ") == 2  # one line per trial's epoch, each once
+
+
+def test_init_ray_starts_its_own_ray_and_pins_its_address(monkeypatch):
+    """``address="local"``, never "whatever Ray runs here", worker output off the console, and
+    the address exported so Ray Train's helpers join this Ray, not another one on the machine."""
+    import ray
+
+    from pipelines import runtime
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+
+    class Context:
+        gcs_address = "10.0.0.7:6379"
+
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: Context())
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert runtime.init_ray()
+    assert calls[-1]["address"] == "local" and calls[-1]["log_to_driver"] is False
+    assert os.environ["RAY_ADDRESS"] == "10.0.0.7:6379"
+    runtime.shutdown_ray()
+    assert "RAY_ADDRESS" not in os.environ
+    runtime.init_ray("ray://head:10001", verbose=True)
+    assert calls[-1]["address"] == "ray://head:10001" and calls[-1]["log_to_driver"] is True
+    runtime.shutdown_ray()
