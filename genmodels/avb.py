@@ -99,6 +99,7 @@ class AVBConfig(BaseConfig):
     impute_score_k: int = 100
     impute_moment_samples: int = 64  # draws of g(x~, eps) for the proposal's moments
     impute_proposal_scale: float = 1.0  # the proposal's sd = this x the moment-matched sd
+    impute_prior_mix: float = 0.2  # the fraction of proposal draws from the prior (defensive)
     lr: float = 1e-3
 
 
@@ -157,6 +158,10 @@ class AVB(GenerativeModel):
             raise ValueError("avb: impute_k must be >= 1, impute_refine and impute_score_k >= 0")
         if config.impute_moment_samples < 2 or not config.impute_proposal_scale > 0:
             raise ValueError("avb: impute_moment_samples must be >= 2, impute_proposal_scale > 0")
+        if not 0.0 <= config.impute_prior_mix < 1.0:
+            raise ValueError(
+                f"avb: impute_prior_mix must be in [0, 1), got {config.impute_prior_mix}"
+            )
         d, h, z = self.num_dims, config.hidden_sizes, config.latent_dim
         self.encoder = TwoInputMLP(d, config.noise_dim, h, z)  # z = g(x, eps)
         self.decoder = mlp((z, *reversed(h), d))  # Bernoulli logits of p(x|z)
@@ -348,7 +353,7 @@ class AVB(GenerativeModel):
             m, e = cfg.impute_moment_samples, cfg.noise_dim
             z = self.encode(x_fill, self._noise((m, len(x_fill), e), gen, x_fill))  # (m, B, Z)
             sd = z.std(0).clamp_min(SD_FLOOR) * cfg.impute_proposal_scale
-            return gaussian_proposal(z.mean(0), sd, gen)
+            return gaussian_proposal(z.mean(0), sd, gen, cfg.impute_prior_mix)
 
         return sir_impute(
             x.to(dtype), mask.to(dtype), generator, num_samples,

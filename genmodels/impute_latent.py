@@ -9,7 +9,10 @@ drop out of the likelihood). Per example:
 
 1. fill the missing entries of x with the model's marginal pixel means E_p(z)[sigmoid(decoder(z))]
    (from ``fill_draws`` prior draws) to get x~, and build a tractable proposal q(z|x~) from the
-   family's encoder (a density it can evaluate at its own draws);
+   family's encoder (a density it can evaluate at its own draws), made defensive: a fraction
+   ``prior_mix`` of the draws comes from N(0, I) (before the IAF, for the VAE+IAF), so the weights
+   stay bounded where the encoder, which never saw a partly filled image in training, is too
+   narrow or off target;
 2. draw K codes z_k ~ q(z|x~) and weight them, log w_k = log p(x_obs|z_k) + log p(z_k) -
    log q(z_k|x~);
 3. (``refine`` rounds) replace the fill by the self-normalised posterior-predictive mean
@@ -204,13 +207,41 @@ def sir_impute(
     return ImputeResult(result_samples, method, log_prob, lp_method, stderr)
 
 
-def gaussian_proposal(mu: Tensor, sd: Tensor, generator: torch.Generator | None) -> Proposal:
-    """q(z) = N(mu, diag sd^2) per row (``mu``, ``sd`` ``(B, Z)``) as a ``Proposal``."""
+def gaussian_proposal(
+    mu: Tensor, sd: Tensor, generator: torch.Generator | None, prior_mix: float = 0.0
+) -> Proposal:
+    """The defensive mixture q(z) = (1 - pi) N(mu, diag sd^2) + pi N(0, I) per row (``mu``,
+    ``sd`` ``(B, Z)``, ``pi = prior_mix``) as a ``Proposal``: with pi > 0 every weight is at most
+    p(x_obs|z) / pi, so a too-narrow or misplaced encoder cannot make the weights' variance
+    infinite (Hesterberg 1995)."""
+    return base_mixture_proposal(mu, sd, generator, prior_mix, flow=None)
+
+
+def base_mixture_proposal(
+    mu: Tensor,
+    sd: Tensor,
+    generator: torch.Generator | None,
+    prior_mix: float,
+    flow: Callable[[Tensor], tuple[Tensor, Tensor]] | None,
+) -> Proposal:
+    """z_0 ~ (1 - pi) N(mu, diag sd^2) + pi N(0, I), then ``flow`` (z_0 -> (z, log|det|)), if
+    any; log q(z) = log q_0(z_0) - log|det|, exact because z_0 is known for the proposal's own
+    draws."""
+    log_keep = math.log1p(-prior_mix) if prior_mix < 1 else -math.inf
+    log_mix = math.log(prior_mix) if prior_mix > 0 else -math.inf
 
     def draw(m: int) -> tuple[Tensor, Tensor]:
         eps = _randn((m, *mu.shape), generator, mu)
         z = mu + sd * eps
-        log_q = -0.5 * (eps.pow(2) + math.log(2 * math.pi)).sum(-1) - sd.log().sum(-1)
+        if prior_mix > 0:
+            u = torch.rand((m, len(mu), 1), generator=generator, dtype=mu.dtype).to(mu.device)
+            z = torch.where(u < prior_mix, eps, z)
+        log_q = std_normal_log_prob((z - mu) / sd) - sd.log().sum(-1)
+        if prior_mix > 0:
+            log_q = torch.logaddexp(log_keep + log_q, log_mix + std_normal_log_prob(z))
+        if flow is not None:
+            z, log_det = flow(z)
+            log_q = log_q - log_det
         return z, log_q
 
     return draw

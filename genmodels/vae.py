@@ -41,7 +41,7 @@ from .base import (
     register,
     std_normal_log_prob,
 )
-from .impute_latent import Proposal, sir_impute
+from .impute_latent import Proposal, base_mixture_proposal, sir_impute
 from .layers import MaskedLinear, made_degrees, made_masks
 
 
@@ -66,6 +66,7 @@ class VAEConfig(BaseConfig):
     impute_k: int = 500
     impute_refine: int = 2
     impute_score_k: int = 100
+    impute_prior_mix: float = 0.2
     lr: float = 1e-3
 
 
@@ -131,6 +132,10 @@ class VAE(GenerativeModel):
             raise ValueError("vae: iaf_steps must be >= 0 and iaf_hidden >= 1")
         if config.impute_k < 1 or config.impute_refine < 0 or config.impute_score_k < 0:
             raise ValueError("vae: impute_k must be >= 1, impute_refine and impute_score_k >= 0")
+        if not 0.0 <= config.impute_prior_mix < 1.0:
+            raise ValueError(
+                f"vae: impute_prior_mix must be in [0, 1), got {config.impute_prior_mix}"
+            )
         d, h, z = self.num_dims, config.hidden_sizes, config.latent_dim
         ctx = config.iaf_hidden if config.iaf_steps else 0
         self.encoder = mlp((d, *h, 2 * z + ctx))
@@ -245,11 +250,19 @@ class VAE(GenerativeModel):
         dtype = self.decoder[0].weight.dtype
 
         def make_proposal(x_fill: Tensor, gen: torch.Generator | None) -> Proposal:
-            def draw(m: int) -> tuple[Tensor, Tensor]:
-                eps = torch.randn((m, len(x_fill), cfg.latent_dim), generator=gen, dtype=dtype)
-                return self.posterior(x_fill, eps.to(x_fill.device))
+            mu, logvar, context = self._encode(x_fill)
 
-            return draw
+            def flow(z: Tensor) -> tuple[Tensor, Tensor]:
+                log_det = z.new_zeros(z.shape[:-1])
+                ctx = context.expand(*z.shape[:-1], context.shape[-1])
+                for step in self.iaf:
+                    z, ld = step(z, ctx)
+                    log_det = log_det + ld
+                return z, log_det
+
+            return base_mixture_proposal(
+                mu, (0.5 * logvar).exp(), gen, cfg.impute_prior_mix, flow if self.iaf else None
+            )
 
         return sir_impute(
             x.to(dtype), mask.to(dtype), generator, num_samples,
