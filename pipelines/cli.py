@@ -533,7 +533,11 @@ def _version() -> str:
 
 def make_parser() -> argparse.ArgumentParser:
     """The ``genmodels`` parser; each subcommand's options come from the ``add_*`` helpers."""
-    p = argparse.ArgumentParser(prog="genmodels", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="genmodels",
+        description="Train (Ray Train), tune (Ray Tune), register (MLflow) and serve (Ray Serve) "
+        "generative models. `genmodels COMMAND --help` explains each command's options.",
+    )
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

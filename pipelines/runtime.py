@@ -2,8 +2,9 @@
 
 * ``init_ray`` starts (or joins) the one Ray a command uses, with Ray's own logs in its session's
   log directory instead of the console (``verbose=True`` shows them), and pins its address in
-  ``RAY_ADDRESS`` so every process Ray or we spawn (Ray Train's placement-group cleaner, Tune's
-  trials) connects to *this* Ray even when another Ray runs on the machine.
+  ``RAY_ADDRESS`` — exported before the local Ray starts, so its raylet and every worker inherit
+  it — so every process Ray or we spawn (Ray Train's helpers, Tune's trials, the State API)
+  connects to *this* Ray even when another Ray runs on the machine.
 * ``ProgressChannel`` carries one-line progress messages from Ray Train's rank-0 worker to the
   driver's console (worker output itself stays in the log files).
 * ``run_bounded`` runs a blocking ``fit()`` while printing those lines, and gives up with
@@ -74,15 +75,20 @@ def init_ray(address: str | None = None, *, verbose: bool = False, **kw: Any) ->
     quiet_logging(verbose)
     level = logging.INFO if verbose else logging.ERROR  # e.g. no token-auth notice per start
     target = address or os.environ.get("RAY_ADDRESS")
+    _STARTED["saved_env"] = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT")}
     if target:
         ray.init(address=target, log_to_driver=verbose, logging_level=level, **kw)
     else:
+        # Choose the GCS port first so RAY_ADDRESS is exported *before* the raylet starts: Ray's
+        # workers inherit the raylet's environment, not what the driver sets afterwards.
+        port = free_port()
+        os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+        os.environ["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
         kw.setdefault("include_dashboard", True)
+        kw.setdefault("dashboard_port", 8265 if _bindable("127.0.0.1", 8265) else free_port())
         ray.init(address="local", log_to_driver=verbose, logging_level=level, **kw)
     quiet_logging(verbose)  # ray.init configures its loggers again
-    previous = os.environ.get("RAY_ADDRESS")
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
-    _STARTED["previous_address"] = previous
     if not verbose:
         where = ray_log_dir()
         if where:
@@ -95,26 +101,36 @@ def shutdown_ray() -> None:
     import ray
 
     ray.shutdown()
-    if "previous_address" in _STARTED:
-        previous = _STARTED.pop("previous_address")
-        if previous is None:
-            os.environ.pop("RAY_ADDRESS", None)
+    for key, value in _STARTED.pop("saved_env", {}).items():
+        if value is None:
+            os.environ.pop(key, None)
         else:
-            os.environ["RAY_ADDRESS"] = previous
+            os.environ[key] = value
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (the OS's pick)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bindable(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def check_port_free(host: str, port: int) -> None:
     """Raise ``ValueError("port N is in use ...")`` when ``host:port`` cannot be bound."""
     if not 1 <= port <= 65535:
         raise ValueError(f"bad value {port} for --port (1..65535)")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            raise ValueError(
-                f"port {port} is in use on {host}: stop what holds it or pass --port N"
-            ) from None
+    if not _bindable(host, port):
+        raise ValueError(f"port {port} is in use on {host}: stop what holds it or pass --port N")
 
 
 class ProgressChannel:

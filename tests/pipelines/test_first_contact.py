@@ -349,7 +349,7 @@ def test_init_ray_starts_its_own_ray_and_pins_its_address(monkeypatch):
 
     calls = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append({**kw, "env": dict(os.environ)}))
     monkeypatch.setattr(ray, "shutdown", lambda: None)
 
     class Context:
@@ -357,11 +357,14 @@ def test_init_ray_starts_its_own_ray_and_pins_its_address(monkeypatch):
 
     monkeypatch.setattr(ray, "get_runtime_context", lambda: Context())
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_GCS_SERVER_PORT", raising=False)
     assert runtime.init_ray()
     assert calls[-1]["address"] == "local" and calls[-1]["log_to_driver"] is False
+    port = calls[-1]["env"]["RAY_GCS_SERVER_PORT"]  # exported before the raylet starts
+    assert calls[-1]["env"]["RAY_ADDRESS"].endswith(f":{port}")
     assert os.environ["RAY_ADDRESS"] == "10.0.0.7:6379"
     runtime.shutdown_ray()
-    assert "RAY_ADDRESS" not in os.environ
+    assert "RAY_ADDRESS" not in os.environ and "RAY_GCS_SERVER_PORT" not in os.environ
     runtime.init_ray("ray://head:10001", verbose=True)
     assert calls[-1]["address"] == "ray://head:10001" and calls[-1]["log_to_driver"] is True
     runtime.shutdown_ray()
