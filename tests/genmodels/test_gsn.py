@@ -78,6 +78,12 @@ def test_trained_chain_beats_independent_bernoullis_and_untrained_does_not():
     assert base_frac < 0.1 and untrained_frac < base_frac + 0.05, (base_frac, untrained_frac)
     assert frac > data_frac - 0.15 and frac > base_frac + 0.5, (frac, data_frac, base_frac)
     assert (share > 0.1).all(), share  # every prototype is generated: no mode collapse
+    # The embedding carries what the model reconstructs from: decoding the code of a clean
+    # prototype gives it back after training, and not before.
+    with torch.no_grad():
+        for m, ok in ((model, True), (untrained, False)):
+            recon = (m.decode(m.embed(prototypes())) > 0).float()
+            assert torch.equal(recon, prototypes()) is ok
 
 
 # ------------------------------------------------------------------------------------- walkback
@@ -140,10 +146,22 @@ def test_no_walkback_gives_one_pair_and_forward_is_the_mean_over_pairs():
 
 
 def test_sampling_config_and_validation():
+    """burn_in and sample_steps mean what they say: state t of a chain is where the same chain
+    (same seed) stands after burn_in + t * sample_steps steps; the embedding is noise-free."""
     model = gsn(sample_steps=2)
     traj = model.chain(3, 4, torch.Generator().manual_seed(0), burn_in=5)
     assert traj.shape == (4, 3, D) and set(traj.unique().tolist()) <= {0.0, 1.0}
-    assert model.embed(proto_data(5, seed=8)).shape == (5, 64)
+    for t in range(4):
+        alone = model.chain(3, 1, torch.Generator().manual_seed(0), burn_in=5 + 2 * t)[0]
+        assert torch.equal(traj[t], alone), t
+    assert not torch.equal(traj[0], traj[1])  # the chain moves between the states it returns
+    assert not torch.equal(traj[0], model.chain(3, 1, torch.Generator().manual_seed(0), 4)[0])
+    # Trained with hidden noise, the embedding still has none: the same input, the same code.
+    noisy = gsn(hidden_noise=2.0)
+    x = proto_data(5, seed=8)
+    assert model.embed(x).shape == (5, 64)
+    assert torch.equal(noisy.embed(x), noisy.embed(x))
+    assert not torch.equal(noisy.encode(x), noisy.encode(x))  # its training code is noisy
     for key, value in [("noise", 0.0), ("walkback", 0), ("hidden_noise", -1.0), ("burn_in", 0)]:
         with pytest.raises(ValueError, match=key):
             gsn(**{key: value})

@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import genmodels
 from genmodels.nade import NADE  # importing the module registers the family
@@ -69,6 +70,24 @@ def test_order_seed_gives_a_fixed_random_order():
     assert torch.equal(raster, torch.arange(8))
     assert torch.equal(a, b) and not torch.equal(a, raster)
     assert torch.equal(a.sort().values, raster)
+
+
+@pytest.mark.parametrize("order_seed", [-1, 0, 3, 5])
+def test_without_input_weights_each_dimension_keeps_its_own_bias(order_seed):
+    """With W = 0 every hidden state is sigmoid(c), so the model factorises whatever the order:
+    p(x_d = 1) = sigmoid(b_d + V_d . sigmoid(c)), dimension d's own bias and output row. A bias
+    or output row taken by step instead of by dimension (only a random order can show it:
+    raster order visits dimension i at step i) gives another, still normalised, density."""
+    model = far_from_uniform(1, order_seed=order_seed)
+    with torch.no_grad():
+        model.W.zero_()
+        model.b.copy_(torch.linspace(-3.0, 3.0, 8))  # distinct biases: a swap changes p
+        logits = model.b + model.V @ torch.sigmoid(model.c)  # (D,), in dimension order
+        x = ALL_STATES.flatten(1)
+        expected = (x * F.logsigmoid(logits) + (1 - x) * F.logsigmoid(-logits)).sum(1)
+        torch.testing.assert_close(model.log_prob(ALL_STATES), expected, atol=1e-5, rtol=0)
+        freq = model.sample(20000, generator=torch.Generator().manual_seed(0)).flatten(1).mean(0)
+    assert (freq - torch.sigmoid(logits)).abs().max() < 0.02
 
 
 def dependencies(model) -> torch.Tensor:

@@ -311,14 +311,22 @@ def test_sample_frequencies_match_the_model():
 
 
 def test_embed_is_the_latent_at_the_cell_centre():
+    """The embedding is the latent of x's cell centre: the flow's inverse takes it back to a
+    point y with L y = x + 1/2 (the sampler's floor(L y) then gives x back), different inputs
+    get different latents, and nothing in it is random."""
     model = perturb(build((1, 4, 4), levels=4)).eval()
     x = torch.randint(0, 4, (3, 1, 4, 4), generator=torch.Generator().manual_seed(11)).float()
+    a = model.config.alpha
     with torch.no_grad():
         e = model.embed(x)
-        p = 0.05 + 0.9 * (x + 0.5) / 4
         assert e.shape == (3, 16)
-        assert torch.allclose(e, model.flow_forward(torch.log(p / (1 - p)))[0], atol=1e-5)
+        y = (torch.sigmoid(model.flow_inverse(e)) - a) / (1 - 2 * a)  # latent -> data space
+        torch.testing.assert_close(4 * y, x + 0.5, atol=1e-4, rtol=0)
+        assert torch.equal((4 * y).floor(), x)
+        assert torch.cdist(e, e).add(torch.eye(3)).min() > 0.1  # injective on these inputs
         assert torch.equal(e, model.embed(x))
+        # The latent is the flow's output, not its input: it differs from the logit itself.
+        assert (e - torch.logit(a + (1 - 2 * a) * (x + 0.5) / 4).flatten(1)).abs().max() > 0.1
 
 
 def test_training_lowers_the_negative_log_likelihood():

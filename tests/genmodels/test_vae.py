@@ -81,10 +81,34 @@ def test_elbo_below_iwae_which_rises_with_k():
     assert ((exact - elbo) > 0.01).any()  # the gap is real: the posterior is not exact
 
 
-def test_embed_is_posterior_mean():
-    model = tiny_vae()
-    mu, _ = model.encode(X)
-    assert torch.equal(model.embed(X), mu) and mu.shape == (4, 1)
+def exact_posterior_mean(model, x: torch.Tensor) -> torch.Tensor:
+    """E[z | x] under the model's prior and decoder, by quadrature on a grid (``(B,)``)."""
+    z = torch.linspace(-10.0, 10.0, 4001, dtype=torch.float64)
+    log_joint = model.decoder_log_prob(x.double(), z[:, None, None].expand(-1, len(x), 1))
+    weights = torch.softmax(log_joint - 0.5 * z[:, None] ** 2, dim=0)  # (G, B)
+    return (weights * z[:, None]).sum(0)
+
+
+def test_embed_is_the_posterior_mean():
+    """Once the encoder is fitted to the decoder (300 ELBO steps on the encoder alone), the
+    embedding is the true posterior mean E[z | x] (by quadrature) to within a fraction of the
+    posterior's spread (sd 0.56-1.0 here; measured error <= 0.07); before fitting it is not
+    (error 1.1). An embedding that returned the log-variance instead is off by 1.05."""
+    model = tiny_vae(2)
+    with torch.no_grad():
+        target = exact_posterior_mean(model, X)
+        assert model.embed(X).shape == (4, 1)
+        unfitted = (model.embed(X)[:, 0] - target).abs().max().item()
+    opt = torch.optim.Adam(model.encoder.parameters(), lr=0.02)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        opt.zero_grad()
+        (-model.elbo(X.repeat(16, 1), generator=g).mean()).backward()
+        opt.step()
+    with torch.no_grad():
+        error = (model.embed(X)[:, 0] - target).abs().max().item()
+    assert error < 0.15 and unfitted > 0.5, (error, unfitted)
+    assert target.max() - target.min() > 1.0  # the inputs' posteriors are far apart
 
 
 # ---------------------------------------------------------------- VAE with an IAF posterior
