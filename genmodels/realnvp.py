@@ -24,6 +24,25 @@ are standard normal; ``num_coupling`` couplings of each kind per scale; flat ``(
 ``2 * num_coupling`` couplings over alternating halves with residual MLPs (``num_scales`` unused).
 Training uses one dequantisation sample per example. ``alpha = 0`` (the logit of y itself) is
 for analysis only: a draw u = 0 at x = 0 would give an infinite logit.
+
+Imputation (``impute``): Metropolis-adjusted Langevin (MALA) on the missing coordinates under
+the exact density, in the flow's continuous logit space z0, with the observed coordinates fixed
+at their cells' centres, z0_obs = logit(alpha + (1 - 2 alpha) (x_obs + 1/2) / L); each chain starts
+from a draw of the flow (its missing coordinates), runs ``impute_steps`` steps, and its end is
+quantised to the cell, x_mis = floor(L y_mis) clipped to 0..L-1. The step size starts at
+``impute_step_size`` and is adapted per chain (Robbins-Monro on log eps towards acceptance 0.574)
+during the first half of the steps, then frozen, so the second half leaves the target invariant.
+What it samples, as steps -> ∞: the quantised p_y(y_mis | y_obs = cell centres), an approximation
+of the discrete model's P(x_mis | x_obs) = ∫_{cell(x_obs)} p_y(y_obs, cell(x_mis)) / P(x_obs) that
+ignores where in its cell the observed value lies (negligible at 8 bits, an approximation for
+binary data); at finite steps it is an MCMC approximation from a model-sample start. Each of the S
+imputations is its own chain; ``impute_chains_per_pass`` chains share one pass (memory). Rows with
+nothing observed are plain flow samples (exact). ``log_prob_missing`` is None: the marginal
+P(x_obs) needs an integral of the flow over all missing coordinates, for which the flow has no
+closed form and this family no tractable proposal. Cost: each step is a forward and backward pass
+of the flow per chain; for the benchmark's 8-bit MNIST flow (32 channels, 2 couplings, 2 scales)
+about 0.8 CPU-s per imputation at the default 100 steps, so budgeted runs should lower
+``impute_steps`` (the method string ``mala-steps=...`` says what was used).
 """
 
 from __future__ import annotations
@@ -336,7 +355,6 @@ class RealNVP(GenerativeModel):
         cfg = self.config
         dtype = self._dtype
         x, mask = x.to(dtype), mask.to(dtype)
-        n = len(x)
         samples = x.expand(num_samples, *x.shape).clone()
         missing = (mask < 1).flatten(1)
         active = missing.any(1)
@@ -355,7 +373,6 @@ class RealNVP(GenerativeModel):
                 sl = slice(start, start + per)
                 out[sl] = self._mala(xc[sl], mc[sl], generator)
             samples[:, rows] = out.view(num_samples, len(rows), *self.input_shape)
-        del n
         return ImputeResult(samples, method=method)
 
     def _mala(self, x: Tensor, mask: Tensor, generator: torch.Generator | None) -> Tensor:

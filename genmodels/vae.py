@@ -16,6 +16,21 @@ ordering is reversed between steps. The KL term is then estimated by Monte Carlo
 
 Choices here: MLP encoder and decoder (ReLU), ``eval_k`` importance samples (default 100, drawn
 in chunks to bound memory), ``embed`` = the posterior mean (of z_0: the flow's input).
+
+Imputation (``impute``): not "encode the zero-filled image, decode the mean", but sampling
+importance resampling over the posterior, MIWAE-style multiple imputation (Mattei & Frellsen
+2019, https://arxiv.org/abs/1812.02633); the maths is in ``genmodels.impute_latent``. The proposal
+is q(z|x~) on the input with its missing pixels filled (first by the model's marginal pixel
+means, then ``impute_refine`` times by the weighted posterior-predictive mean), the IAF included
+when ``iaf_steps > 0``, mixed defensively with the prior (a fraction ``impute_prior_mix`` of the
+draws, drawn before the IAF); ``impute_k`` draws are weighted by p(x_obs|z) p(z) / q(z|x~), one is
+resampled per imputation and x_mis ~ p(x_mis|z). Consistent as K -> ∞, approximate at finite K;
+rows with nothing observed are exact ancestral samples (prior proposal, equal weights). Defaults:
+K = 500, 2 refinement rounds (method ``vae-sir-k=500-refine=2``, ``iaf-...`` with the IAF), ~0.5-0.8
+CPU-s per 100 imputations on MNIST (784 dims, latent 32, hidden 512-256, S = 10 per digit).
+``log_prob_missing`` = log p^(x) - log p^(x_obs), importance-weighted estimates with
+``impute_score_k`` draws from q(z|x) and the K final SIR draws: an estimate with a standard error,
+neither a lower nor an upper bound (0 to switch it off).
 """
 
 from __future__ import annotations
