@@ -177,8 +177,9 @@ def sir_impute(
             want_mean=False,
         )  # fmt: skip
         # resample S codes per row from the self-normalised weights, then x_mis ~ p(x_mis | z)
-        probs = torch.softmax(draws.log_w.T, dim=1)  # (B, K)
+        probs = torch.softmax(draws.log_w.T, dim=1).cpu()  # (B, K); the generator is on the CPU
         idx = torch.multinomial(probs, num_samples, replacement=True, generator=generator)
+        idx = idx.to(xa.device)
         rows = torch.arange(len(xa), device=xa.device)
         z_sel = draws.z[idx.T, rows[None, :]]  # (S, B, Z)
         for start in range(0, num_samples, max(1, chunk)):
