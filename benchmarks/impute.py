@@ -265,10 +265,11 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown entry {unknown}; known: {', '.join(ENTRIES)}")
 
-    from pipelines.data import load_dataset
+    from pipelines.data import prepare_dataset
     from pipelines.quality import yardstick_for
+    from pipelines.uses import ArrayDataset
 
-    data = load_dataset("mnist", binarize="fixed", seed=args.seed)
+    data = ArrayDataset(prepare_dataset("mnist", binarize="fixed", seed=args.seed))  # no Ray
     yardstick = yardstick_for(data, seed=args.seed)
     x_np, y_np = data.numpy("test")
     x, y = torch.from_numpy(x_np[: args.n]).float(), torch.from_numpy(y_np[: args.n])

@@ -77,10 +77,11 @@ def main() -> None:
         for e, (fam, _, _) in impute.ENTRIES.items()
         if "embed" in genmodels.family_class(fam).capabilities
     ]
-    from pipelines.data import load_dataset
+    from pipelines.data import prepare_dataset
     from pipelines.quality import yardstick_for
+    from pipelines.uses import ArrayDataset
 
-    data = load_dataset("mnist", binarize="fixed", seed=args.seed)
+    data = ArrayDataset(prepare_dataset("mnist", binarize="fixed", seed=args.seed))  # no Ray
     yardstick = yardstick_for(data, seed=args.seed)
     splits = {s: data.numpy(s) for s in ("train", "validation", "test")}
     out_path = RESULTS / "probe.json"

@@ -99,6 +99,29 @@ def split_arrays(prepared, split: str) -> tuple[np.ndarray, np.ndarray]:
     return out["x"], out["y"]
 
 
+class ArrayDataset:
+    """A ``PreparedDataset`` whose splits are read in NumPy (``split_arrays``), without Ray: the
+    attributes and ``numpy(split)`` that benchmarks, the yardstick and scoring helpers use."""
+
+    def __init__(self, prepared) -> None:
+        self.prepared = prepared
+
+    def __getattr__(self, name: str):
+        return getattr(self.prepared, name)
+
+    @property
+    def train_is_probabilities(self) -> bool:
+        return self.prepared.binarize == "dynamic"
+
+    def numpy(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        if split not in self.prepared.rows:
+            raise ValueError(f"unknown split {split!r}")
+        x, y = split_arrays(self.prepared, split)
+        if self.train_is_probabilities and split == "train":
+            x = self.prepared.raw[self.prepared.rows[split]] / (self.prepared.raw_levels - 1)
+        return x.astype(np.float32), y.astype(np.int64)
+
+
 def _require(model, capability: str, name: str) -> None:
     from .cli import CLIError
 
