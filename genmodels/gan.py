@@ -34,7 +34,7 @@ Choices here:
 
 Imputation (``impute``): semantic inpainting (Yeh, Chen, Lim, Schwing, Hasegawa-Johnson & Do
 2016, https://arxiv.org/abs/1607.07539). Each of the S imputations is a random restart: a code z
-from the prior, then ``impute_steps`` (default 50) Adam steps (``impute_lr`` 0.05) on z alone
+from the prior, then ``impute_steps`` (default 30) Adam steps (``impute_lr`` 0.1) on z alone
 minimising the contextual loss (the Bernoulli NLL of x's observed entries under G(z); for
 discrete data the L1 distance of G(z) to the observed bin centres (x + 1/2) / L), weighted 1 per
 observed entry or, with ``impute_window`` > 0, by Yeh's fraction of missing pixels in the window,
@@ -44,7 +44,8 @@ parameter gradients (modes restored; no parameter or statistic changes). The mis
 are then read from G(z): a Bernoulli draw (``impute_output="sample"``) or G(z) > 1/2
 (``"mode"``); for discrete data the bin floor(L G(z)), as ``sample`` does. The settings are in the
 method string. No likelihood: ``log_prob_missing`` is None. A row with nothing observed is a
-plain ``sample``.
+plain ``sample``. Cost with the default DCGAN pair on 28 x 28, one thread: 5.3 CPU-s per 100
+imputations (each Adam step is a forward and backward pass through G and D).
 """
 
 from __future__ import annotations
@@ -73,8 +74,8 @@ class GANConfig(BaseConfig):
     label_smoothing: float = 0.0  # real targets 1 - label_smoothing in D's loss (one-sided)
     beta1: float = 0.5
     lr: float = 2e-4
-    impute_steps: int = 50  # Adam steps on the latent codes (Yeh et al.'s inpainting)
-    impute_lr: float = 0.05
+    impute_steps: int = 30  # Adam steps on the latent codes (Yeh et al.'s inpainting)
+    impute_lr: float = 0.1
     impute_prior_weight: float = 0.1  # lambda of the discriminator's prior loss
     impute_window: int = 0  # contextual weights: 0 = every observed pixel 1; > 0 = Yeh's window
     impute_output: str = "sample"  # binary data: "sample" Bernoulli(G(z)) or "mode" G(z) > 1/2

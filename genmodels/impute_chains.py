@@ -38,8 +38,9 @@ def tile(x: Tensor, num_samples: int) -> Tensor:
 
 
 def row_chunks(rows: Tensor, size: int) -> Iterator[Tensor]:
-    """The indices ``rows`` (1-D) in consecutive chunks of at most ``size``."""
-    yield from rows.split(max(1, int(size)))
+    """The indices ``rows`` (1-D) in consecutive chunks of at most ``size`` (none if empty)."""
+    if len(rows):
+        yield from rows.split(max(1, int(size)))
 
 
 @contextmanager

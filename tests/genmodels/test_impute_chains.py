@@ -107,7 +107,7 @@ def strong_dbm(**config) -> genmodels.GenerativeModel:
     g = seeded(2)
     with torch.no_grad():
         model.w1.copy_(torch.randn(8, 4, generator=g) * 2.0)
-        model.w2.copy_(torch.randn(4, 3, generator=g) * 2.0)
+        model.w2.copy_(torch.randn(4, 3, generator=g) * 3.0)
         model.bias_v.copy_(torch.randn(8, generator=g) * 0.5)
         model.bias_h1.copy_(torch.randn(4, generator=g) * 0.5)
         model.bias_h2.copy_(torch.randn(3, generator=g) * 0.5)
