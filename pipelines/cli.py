@@ -314,7 +314,7 @@ def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_split
 
     if args.parzen is not None and args.parzen < 2:
-        raise CLIError(f"bad value {args.parzen} for --parzen (the number of samples, >= 2)")
+        raise CLIError(f"bad value {args.parzen} for --parzen (the number of Parzen samples, >= 2)")
     model, info = _load(args, _registry_uri(args))
     if model.likelihood == "none" and not (args.parzen or args.yardstick):
         raise CLIError(

@@ -51,7 +51,7 @@ def run_demo(epochs: int = 60, port: int = 8000, workers: int = 2, verbose: bool
     rows = []
     try:
         for family, model in DEMO_FAMILIES.items():
-            print(f"\n=== training {family} on mnist ({workers} Ray Train workers) ===", flush=True)
+            print(f"=== training {family} on mnist ({workers} Ray Train workers) ===", flush=True)
             spec = TrainSpec(
                 family=family,
                 dataset="mnist",
@@ -65,7 +65,7 @@ def run_demo(epochs: int = 60, port: int = 8000, workers: int = 2, verbose: bool
             )
             out = run_training(spec, progress=progress)
             rows.append((family, out))
-        print("\n=== serving the registry with Ray Serve ===", flush=True)
+        print("=== serving the registry with Ray Serve ===", flush=True)
         base = serve.start(uri, port=port)
         x_test, _ = load_dataset("mnist").numpy("test")
         queries = {}
@@ -90,7 +90,7 @@ def run_demo(epochs: int = 60, port: int = 8000, workers: int = 2, verbose: bool
             pass
         shutdown_ray()
 
-    print("\n=== genmodels demo: summary ===")
+    print("=== genmodels demo: summary ===")
     print(f"MLflow tracking URI: {uri}   (mlflow ui --backend-store-uri {uri})")
     print(f"{'family':<6} {'test nats/ex':>12} {'bits/dim':>9} {'method':<12} registered")
     for family, out in rows:
@@ -101,10 +101,9 @@ def run_demo(epochs: int = 60, port: int = 8000, workers: int = 2, verbose: bool
         )
     for family, out in rows:
         grid, scored = queries[family]
-        print(f"{family}: training samples {out.grid_path}; served samples {grid}")
         print(
-            f"{family}: served score of 8 test digits: mean {np.mean(scored['log_prob']):.2f} "
-            f"nats ({scored['method']})"
+            f"{family}: samples {out.grid_path} (training), {grid} (served); served score of "
+            f"8 test digits: mean {np.mean(scored['log_prob']):.2f} nats ({scored['method']})"
         )
     print(f"Serve app was at {base} ({n_models} registered models listed at {base}/v1/models)")
     print(f"demo finished in {time.monotonic() - t0:.0f} s")
