@@ -663,6 +663,11 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as e:
         print(f"genmodels {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if verbose:
+            raise
+        print(f"genmodels {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, KeyError, FileNotFoundError, registry.NotFoundError) as e:
         if verbose:
             raise

@@ -97,7 +97,7 @@ def _trial(
         spec.tracking_uri,
         yardstick,
         progress=progress,
-        prefix=f"[{trial_name}]",
+        prefix=f"[{spec.family} trial {trial_name.rsplit('_', 1)[-1]}]",
         name=f"{trial_name}-{run.info.run_id[:8]}",
         callbacks=[TuneReportCallback()],
     )
