@@ -62,19 +62,28 @@ def ray_session():
         return
     saved = {k: os.environ.get(k) for k in RAY_ENV}
     temp = short_temp_dir("gm-ray-")
-    gcs_port = free_port()
-    address = f"{ray.util.get_node_ip_address()}:{gcs_port}"
-    os.environ.update(RAY_ADDRESS=address, RAY_GCS_SERVER_PORT=str(gcs_port), RAY_TMPDIR=temp)
     try:
-        ctx = ray.init(
-            address="local",  # a new instance: never the one RAY_ADDRESS named before
-            num_cpus=2,
-            include_dashboard=True,
-            dashboard_port=free_port(),
-            object_store_memory=600 * 1024**2,
-            log_to_driver=True,
-            _temp_dir=temp,
-        )
+        for attempt in (1, 2):  # Ray waits 30 s (fixed) for its raylet: too short on a
+            gcs_port = free_port()  # machine loaded 15x over (measured); one more try then
+            address = f"{ray.util.get_node_ip_address()}:{gcs_port}"
+            os.environ.update(
+                RAY_ADDRESS=address, RAY_GCS_SERVER_PORT=str(gcs_port), RAY_TMPDIR=temp
+            )
+            try:
+                ctx = ray.init(
+                    address="local",  # a new instance: never the one RAY_ADDRESS named before
+                    num_cpus=2,
+                    include_dashboard=True,
+                    dashboard_port=free_port(),
+                    object_store_memory=600 * 1024**2,
+                    log_to_driver=True,
+                    _temp_dir=temp,
+                )
+                break
+            except Exception as e:
+                ray.shutdown()
+                if attempt == 2 or "timed out during startup" not in str(e):
+                    raise
         assert ctx.address_info["gcs_address"] == address, (ctx.address_info, address)
         yield ray
     finally:
