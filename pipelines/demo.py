@@ -46,7 +46,7 @@ def run_demo(epochs: int = 60, port: int = 8000, workers: int = 2, verbose: bool
     check_port_free("127.0.0.1", port)
     t0 = time.monotonic()
     uri = resolve_tracking_uri(None)
-    init_ray(verbose=verbose)
+    started = init_ray(verbose=verbose)
     progress = ProgressChannel()
     rows = []
     try:
@@ -84,11 +84,14 @@ def run_demo(epochs: int = 60, port: int = 8000, workers: int = 2, verbose: bool
             listed = json.loads(resp.read())
         n_models = len(listed.get("models", listed)) if isinstance(listed, dict) else len(listed)
     finally:
-        try:
-            serve.shutdown()
-        except Exception:
-            pass
-        shutdown_ray()
+        progress.close()
+        if started:  # Serve goes down with the Ray the demo started (serve.shutdown() first
+            shutdown_ray()  # only adds "(raylet) ServeController.graceful_shutdown failed")
+        else:
+            try:
+                serve.shutdown()
+            except Exception:
+                pass
 
     print("=== genmodels demo: summary ===")
     print(f"MLflow tracking URI: {uri}   (mlflow ui --backend-store-uri {uri})")
