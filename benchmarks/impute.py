@@ -228,23 +228,24 @@ def write_tables(rows: dict, baseline: dict, meta: dict) -> None:
 
 
 def picture(rows: dict, masks, x) -> None:
-    """One row per entry: masked | imputed | truth for the first 4 digits (centre mask)."""
+    """One row per entry: (masked | imputed | truth) for the first 4 digits, centre mask."""
     from pipelines.images import to_images
     from pipelines.uses import masked_images, save_rows
 
     m = masks["centre"][:4]
     xs = x[:4].numpy()
-    table = []
-    for r in rows.values():
+    table, labels = [], []
+    for entry, r in rows.items():
         if "picture_rows" not in r:
             continue
+        labels.append(entry)
         imputed = np.asarray(r["picture_rows"])[0]  # first imputation of 4 digits
         masked = masked_images(xs, m, (1, 28, 28), 2)
         imp = to_images(imputed, (1, 28, 28), 2)
         truth = to_images(xs, (1, 28, 28), 2)
         table.append([img for i in range(4) for img in (masked[i], imp[i], truth[i])])
     if table:
-        save_rows(table, IMG / "impute.png", min_px=720)
+        save_rows(table, IMG / "impute.png", min_px=720, labels=labels)
 
 
 def main() -> None:

@@ -26,10 +26,16 @@ def masked_images(x: np.ndarray, mask: np.ndarray, input_shape, levels: int) -> 
     return np.where(m > 0, img, np.uint8(GREY))
 
 
-def save_rows(rows: list[list[np.ndarray]], path: str | Path, min_px: int = 480) -> Path:
+def save_rows(
+    rows: list[list[np.ndarray]],
+    path: str | Path,
+    min_px: int = 480,
+    labels: list[str] | None = None,
+) -> Path:
     """A table of images: ``rows[r][c]`` is a uint8 ``(H, W, C)`` image (all the same size);
-    1-px white gaps, scaled up (nearest) so its longer side is at least ``min_px``."""
-    from PIL import Image
+    1-px white gaps, scaled up (nearest) so its longer side is at least ``min_px``; ``labels``
+    names the rows in a left margin."""
+    from PIL import Image, ImageDraw
 
     h, w, c = rows[0][0].shape
     cols = max(len(r) for r in rows)
@@ -40,6 +46,15 @@ def save_rows(rows: list[list[np.ndarray]], path: str | Path, min_px: int = 480)
     pil = Image.fromarray(grid[..., 0] if c == 1 else grid, mode="L" if c == 1 else "RGB")
     scale = max(1, math.ceil(min_px / max(pil.width, pil.height)))
     pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+    if labels:
+        margin = 8 + 7 * max(len(t) for t in labels)
+        framed = Image.new(pil.mode, (pil.width + margin, pil.height), 255)
+        framed.paste(pil, (margin, 0))
+        draw = ImageDraw.Draw(framed)
+        row_px = pil.height / len(rows)
+        for i, text in enumerate(labels):
+            draw.text((4, int((i + 0.5) * row_px) - 6), text, fill=0)
+        pil = framed
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pil.save(path)
