@@ -46,7 +46,13 @@ from .base import (
     bernoulli_log_prob,
     register,
 )
-from .impute_chains import context_weights, contextual_loss, frozen, inpaint_latents, tile
+from .impute_chains import (
+    context_weights,
+    contextual_loss,
+    frozen,
+    impute_rows,
+    inpaint_latents,
+)
 from .vae import mlp
 
 ENCODERS = ("deterministic", "gaussian")
@@ -223,22 +229,13 @@ class AAE(GenerativeModel):
     ) -> ImputeResult:
         cfg = self.config
         like = self.decoder[0].weight
-        xs = tile(x.to(like.device, like.dtype), num_samples)
-        ms = tile(mask.to(like.device, like.dtype), num_samples)
-        out = xs.clone()
-        observed = ms.sum(1)
-        partial = ((observed > 0) & (observed < self.num_dims)).nonzero().squeeze(1)
-        if len(partial):
-            out[partial] = self._inpaint(xs[partial], ms[partial], generator)
-        unobserved = (observed == 0).nonzero().squeeze(1)
-        if len(unobserved):  # nothing to match: plain samples
-            out[unobserved] = self.sample(len(unobserved), generator).flatten(1).to(out.dtype)
+        samples = impute_rows(self, x, mask, num_samples, self._inpaint, like, generator)
         method = (
             f"latent-inpainting-adam-steps={cfg.impute_steps}-lr={cfg.impute_lr}"
             f"-prior=gaussian-weight={cfg.impute_prior_weight}-window={cfg.impute_window}"
             f"-output={cfg.impute_output}"
         )
-        return ImputeResult(out.view(num_samples, *x.shape).to(x.dtype), method)
+        return ImputeResult(samples, method)
 
     def _inpaint(self, x: Tensor, mask: Tensor, generator: torch.Generator | None) -> Tensor:
         """Latent inpainting of flattened rows ``x`` ``(N, D)`` under ``mask``: one code per row

@@ -78,7 +78,7 @@ from .base import (
     SearchSpec,
     register,
 )
-from .impute_chains import anneal_rows, row_chunks, tile
+from .impute_chains import anneal_rows, impute_rows, row_chunks
 from .rbm import bernoulli, binary_codes
 
 Params = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]  # (W1, W2, a, b1, b2)
@@ -552,28 +552,21 @@ class DBM(GenerativeModel):
     ) -> ImputeResult:
         cfg = self.config
         like = self.w1
-        xf = x.flatten(1).to(like.device, like.dtype)
-        mf = mask.flatten(1).to(like.device, like.dtype)
-        xs, ms = tile(xf, num_samples), tile(mf, num_samples)
-        out = xs.clone()
-        observed = ms.sum(1)
-        partial = ((observed > 0) & (observed < self.num_dims)).nonzero().squeeze(1)
-        for rows in row_chunks(partial, cfg.impute_chunk):  # one independent chain per imputation
-            xr, mr = xs[rows], ms[rows]
+
+        def chain(xr: Tensor, mr: Tensor, gen: torch.Generator | None) -> Tensor:
             mu_v, _, mu2 = self.clamped_mean_field(xr, mr, cfg.impute_mean_field)
-            v, h2 = bernoulli(mu_v, generator), bernoulli(mu2, generator)
-            out[rows] = self.clamped_gibbs(xr, mr, v, h2, cfg.impute_sweeps, generator)
-        unobserved = (observed == 0).nonzero().squeeze(1)
-        for rows in row_chunks(unobserved, cfg.impute_chunk):  # nothing to clamp: the sampler
-            out[rows] = self.sample(len(rows), generator).flatten(1).to(out.dtype)
-        log_p, log_p_method, stderr = self.conditional_log_prob(xf, mf, generator)
+            v, h2 = bernoulli(mu_v, gen), bernoulli(mu2, gen)
+            return self.clamped_gibbs(xr, mr, v, h2, cfg.impute_sweeps, gen)
+
+        samples = impute_rows(self, x, mask, num_samples, chain, like, generator, cfg.impute_chunk)
+        log_p, log_p_method, stderr = self.conditional_log_prob(
+            x.to(like.device, like.dtype), mask.to(like.device, like.dtype), generator
+        )
         method = (
             f"clamped-gibbs-sweeps={cfg.impute_sweeps}-mean-field-init={cfg.impute_mean_field}"
             f" (unobserved rows: sample, {cfg.sample_steps} sweeps)"
         )
-        return ImputeResult(
-            out.view(num_samples, *x.shape).to(x.dtype), method, log_p, log_p_method, stderr
-        )
+        return ImputeResult(samples, method, log_p, log_p_method, stderr)
 
     @torch.no_grad()
     def exact_log_marginal(self, x: Tensor, mask: Tensor) -> Tensor:

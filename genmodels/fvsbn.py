@@ -38,7 +38,6 @@ from .base import (
     BaseConfig,
     BernoulliAutoregressive,
     Condition,
-    ImputeResult,
     SearchSpec,
     register,
 )
@@ -58,7 +57,7 @@ class FVSBNConfig(BaseConfig):
 
 
 @register
-class FVSBN(BernoulliAutoregressive):
+class FVSBN(ar.AutoregressiveImpute, BernoulliAutoregressive):
     """Fully visible sigmoid belief network over the raster order of the flattened input."""
 
     family = "fvsbn"
@@ -96,14 +95,6 @@ class FVSBN(BernoulliAutoregressive):
         return x.view(n, *self.input_shape)
 
     # ------------------------------------------------------------------------------ imputation
-    def _impute(
-        self, x: Tensor, mask: Tensor, generator: torch.Generator | None, num_samples: int
-    ) -> ImputeResult:
-        cfg = self.config
-        return ar.impute(
-            self, x, mask, generator, num_samples, cfg.impute_proposals, cfg.impute_sweeps
-        )
-
     @property
     def _ar_rows(self) -> int:
         return max(1, 2**22 // self.num_dims)

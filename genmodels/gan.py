@@ -60,7 +60,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import BaseConfig, Condition, GenerativeModel, ImputeResult, SearchSpec, register
-from .impute_chains import context_weights, contextual_loss, frozen, inpaint_latents, tile
+from .impute_chains import (
+    context_weights,
+    contextual_loss,
+    frozen,
+    impute_rows,
+    inpaint_latents,
+)
 
 GeneratorLoss = Literal["non_saturating", "minimax"]
 
@@ -372,22 +378,13 @@ class GAN(GenerativeModel):
     ) -> ImputeResult:
         cfg = self.config
         like = next(self.generator.parameters())
-        xs = tile(x.to(like.device, like.dtype), num_samples)
-        ms = tile(mask.to(like.device, like.dtype), num_samples)
-        out = xs.clone()
-        observed = ms.sum(1)
-        partial = ((observed > 0) & (observed < self.num_dims)).nonzero().squeeze(1)
-        if len(partial):
-            out[partial] = self._inpaint(xs[partial], ms[partial], generator)
-        unobserved = (observed == 0).nonzero().squeeze(1)
-        if len(unobserved):  # nothing to match: plain samples
-            out[unobserved] = self.sample(len(unobserved), generator).flatten(1).to(out.dtype)
+        samples = impute_rows(self, x, mask, num_samples, self._inpaint, like, generator)
         output = cfg.impute_output if self.levels == 2 else "bin-floor(L*G(z))"
         method = (
             f"yeh-inpainting-adam-steps={cfg.impute_steps}-lr={cfg.impute_lr}"
             f"-prior-weight={cfg.impute_prior_weight}-window={cfg.impute_window}-output={output}"
         )
-        return ImputeResult(out.view(num_samples, *x.shape).to(x.dtype), method)
+        return ImputeResult(samples, method)
 
     def _inpaint(self, x: Tensor, mask: Tensor, generator: torch.Generator | None) -> Tensor:
         """Yeh et al.'s inpainting of flattened rows ``x`` ``(N, D)`` under ``mask``: one code

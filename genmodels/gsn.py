@@ -62,7 +62,7 @@ from .base import (
     bernoulli_log_prob,
     register,
 )
-from .impute_chains import row_chunks, tile
+from .impute_chains import impute_rows
 
 SampleOutput = Literal["state", "mode"]
 
@@ -290,19 +290,14 @@ class GSN(GenerativeModel):
         self, x: Tensor, mask: Tensor, generator: torch.Generator | None, num_samples: int
     ) -> ImputeResult:
         cfg = self.config
+
+        def chain(xr: Tensor, mr: Tensor, gen: torch.Generator | None) -> Tensor:
+            return self.clamped_chain(xr, mr, cfg.impute_steps, gen)
+
         like = self.encoder[0].weight
-        xs = tile(x.to(like.device, like.dtype), num_samples)
-        ms = tile(mask.to(like.device, like.dtype), num_samples)
-        out = xs.clone()
-        observed = ms.sum(1)
-        partial = ((observed > 0) & (observed < self.num_dims)).nonzero().squeeze(1)
-        for rows in row_chunks(partial, cfg.impute_chunk):  # one independent chain per imputation
-            out[rows] = self.clamped_chain(xs[rows], ms[rows], cfg.impute_steps, generator)
-        unobserved = (observed == 0).nonzero().squeeze(1)
-        for rows in row_chunks(unobserved, cfg.impute_chunk):  # nothing to clamp: the sampler
-            out[rows] = self.sample(len(rows), generator).flatten(1).to(out.dtype)
+        samples = impute_rows(self, x, mask, num_samples, chain, like, generator, cfg.impute_chunk)
         method = (
             f"clamped-walkback-chain-steps={cfg.impute_steps}-output={cfg.sample_output}"
             f" (approximate; unobserved rows: sample, burn-in {cfg.burn_in})"
         )
-        return ImputeResult(out.view(num_samples, *x.shape).to(x.dtype), method)
+        return ImputeResult(samples, method)

@@ -282,3 +282,23 @@ def gibbs(
             lp[rows[take]] = lp_new[take]
             cond[rows[take]] = cond_new[take]
     return state
+
+
+class AutoregressiveImpute:
+    """Mixin giving a family ``_impute`` by :func:`impute`, with the proposals and sweeps of its
+    config (``impute_proposals``, ``impute_sweeps``). List it before the ``GenerativeModel`` base
+    so its ``_impute`` is the one found; the family supplies the ``_ar_*`` primitives."""
+
+    def _impute(
+        self, x: Tensor, mask: Tensor, generator: torch.Generator | None, num_samples: int
+    ) -> ImputeResult:
+        cfg = self.config  # type: ignore[attr-defined]
+        return impute(
+            self,  # type: ignore[arg-type]
+            x,
+            mask,
+            generator,
+            num_samples,
+            cfg.impute_proposals,
+            cfg.impute_sweeps,
+        )

@@ -3,6 +3,8 @@ inpainting families (GAN, AAE); the maths of each family's method lives in its o
 
 * ``tile`` lays out ``S`` copies of a batch as ``S * B`` rows (row ``s * B + b`` is example
   ``b``), so that S independent chains or restarts run as one batch;
+* ``impute_rows`` is the scaffolding of every such ``_impute``: tiling, the family's fill of the
+  partly observed rows, plain samples for the unobserved ones;
 * ``anneal_rows`` is annealed importance sampling (``genmodels.ais``) with one estimate per
   example: ``M`` chains per example, the weights averaged per example, each with its delta-method
   standard error. The Boltzmann machines use it for the normaliser of their conditional
@@ -41,6 +43,36 @@ def row_chunks(rows: Tensor, size: int) -> Iterator[Tensor]:
     """The indices ``rows`` (1-D) in consecutive chunks of at most ``size`` (none if empty)."""
     if len(rows):
         yield from rows.split(max(1, int(size)))
+
+
+def impute_rows(
+    model: Any,
+    x: Tensor,
+    mask: Tensor,
+    num_samples: int,
+    fill_partial: Callable[[Tensor, Tensor, torch.Generator | None], Tensor],
+    like: Tensor,
+    generator: torch.Generator | None,
+    chunk: int | None = None,
+) -> Tensor:
+    """The imputations ``(S, B, *x.shape[1:])`` (``x``'s dtype) of ``model``'s ``_impute``:
+    ``x`` and ``mask`` flattened, cast to ``like``'s device and dtype and tiled ``num_samples``
+    times (``tile``); the rows with some entries observed and some missing filled by
+    ``fill_partial(x_rows, mask_rows, generator)`` ``(n, D)``, then the rows with nothing observed
+    drawn by ``model.sample``, each in chunks of ``chunk`` rows (all at once if ``None``); the
+    rows with nothing missing are ``x``."""
+    xs = tile(x.to(like.device, like.dtype), num_samples)
+    ms = tile(mask.to(like.device, like.dtype), num_samples)
+    out = xs.clone()
+    observed = ms.sum(1)
+    partial = ((observed > 0) & (observed < model.num_dims)).nonzero().squeeze(1)
+    unobserved = (observed == 0).nonzero().squeeze(1)
+    whole = max(1, len(xs))
+    for rows in row_chunks(partial, whole if chunk is None else chunk):  # one fill per imputation
+        out[rows] = fill_partial(xs[rows], ms[rows], generator)
+    for rows in row_chunks(unobserved, whole if chunk is None else chunk):  # nothing to clamp
+        out[rows] = model.sample(len(rows), generator).flatten(1).to(out.dtype)
+    return out.view(num_samples, *x.shape).to(x.dtype)
 
 
 @contextmanager

@@ -45,7 +45,6 @@ from .base import (
     BaseConfig,
     Condition,
     GenerativeModel,
-    ImputeResult,
     SearchSpec,
     bernoulli_log_prob,
     log_mean_exp,
@@ -68,7 +67,7 @@ class MADEConfig(BaseConfig):
 
 
 @register
-class MADE(GenerativeModel):
+class MADE(ar.AutoregressiveImpute, GenerativeModel):
     family = "made"
     likelihood = "exact"
     data_kinds = ("binary",)
@@ -167,14 +166,6 @@ class MADE(GenerativeModel):
         return x.view(n, *self.input_shape)
 
     # ------------------------------------------------------------------------------ imputation
-    def _impute(
-        self, x: Tensor, mask: Tensor, generator: torch.Generator | None, num_samples: int
-    ) -> ImputeResult:
-        cfg = self.config
-        return ar.impute(
-            self, x, mask, generator, num_samples, cfg.impute_proposals, cfg.impute_sweeps
-        )
-
     @property
     def _ar_rows(self) -> int:
         return max(1, 2**22 // max(self.num_dims, *self.config.hidden_sizes))

@@ -37,7 +37,6 @@ from .base import (
     BaseConfig,
     BernoulliAutoregressive,
     Condition,
-    ImputeResult,
     SearchSpec,
     register,
 )
@@ -59,7 +58,7 @@ class NADEConfig(BaseConfig):
 
 
 @register
-class NADE(BernoulliAutoregressive):
+class NADE(ar.AutoregressiveImpute, BernoulliAutoregressive):
     """NADE with tied input weights ``W (H, D)``, output weights ``V (D, H)`` and one order."""
 
     family = "nade"
@@ -123,14 +122,6 @@ class NADE(BernoulliAutoregressive):
         return x.view(n, *self.input_shape)
 
     # ------------------------------------------------------------------------------ imputation
-    def _impute(
-        self, x: Tensor, mask: Tensor, generator: torch.Generator | None, num_samples: int
-    ) -> ImputeResult:
-        cfg = self.config
-        return ar.impute(
-            self, x, mask, generator, num_samples, cfg.impute_proposals, cfg.impute_sweeps
-        )
-
     @property
     def _ar_rows(self) -> int:
         return max(1, 2**22 // (self.num_dims * self.config.hidden_size))  # logits is B*D*H

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import impute_autoregressive as ar
-from .base import BaseConfig, Condition, GenerativeModel, ImputeResult, SearchSpec, register
+from .base import BaseConfig, Condition, GenerativeModel, SearchSpec, register
 from .layers import MaskedConv2d
 
 LOG_SCALE_MIN, LOG_SCALE_MAX = -7.0, 7.0
@@ -120,7 +120,7 @@ class ResidualBlock(nn.Module):
 
 
 @register
-class PixelCNN(GenerativeModel):
+class PixelCNN(ar.AutoregressiveImpute, GenerativeModel):
     family = "pixelcnn"
     likelihood = "exact"
     data_kinds = ("binary", "discrete")
@@ -261,14 +261,6 @@ class PixelCNN(GenerativeModel):
         return x
 
     # ------------------------------------------------------------------------------ imputation
-    def _impute(
-        self, x: Tensor, mask: Tensor, generator: torch.Generator | None, num_samples: int
-    ) -> ImputeResult:
-        cfg = self.config
-        return ar.impute(
-            self, x, mask, generator, num_samples, cfg.impute_proposals, cfg.impute_sweeps
-        )
-
     @property
     def _ar_rows(self) -> int:
         per_row = self.num_dims * max(2 * self.config.channels, self.levels)
