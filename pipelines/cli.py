@@ -690,5 +690,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def run_and_exit() -> None:
+    """``python -m pipelines.cli`` (how cluster jobs run it): exit with ``main``'s status as
+    soon as it returns. A Ray job's driver that trained on a multi-node cluster was seen to
+    finish its work, print its last line and then hang at interpreter exit until the job's
+    time-out (Ray's exit hooks waiting on a remote cluster); everything the command writes is
+    done and flushed by then, so the process exits directly."""
+    rc = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run_and_exit()
