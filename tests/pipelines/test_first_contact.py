@@ -161,11 +161,14 @@ def test_mistakes_are_one_line_before_ray(tmp_path, capsys, no_ray):
     assert not Path("/nonexistent/x.db").exists()  # a read-only command created nothing
 
 
-def test_gpu_asked_of_a_machine_without_one_fails_fast(tmp_path, capsys, no_ray):
+def test_gpu_asked_of_a_machine_without_one_fails_fast(tmp_path, capsys, no_ray, monkeypatch):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
+    # A local run, as a user types it: the suite's own Ray exports RAY_ADDRESS, which would make
+    # this a cluster run (checked against the cluster's resources, after Ray starts).
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     t0 = time.monotonic()
     argv = ["train", "--family", "made", "--dataset", "digits", "--set", "use_gpu=true"]
     assert main([*argv, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
