@@ -444,6 +444,15 @@ class GenModelsServer:
             logger.exception("genmodels serve: unexpected error")
             return _error(500, f"internal error: {type(e).__name__}: {e}")
 
+    async def _data_spec(self, v: _Version) -> tuple[tuple[int, ...], int, _Loaded | None]:
+        """(input shape, levels, the model if it had to be loaded): from the version's tags, so
+        a bad request costs no model load; an untagged version is asked by loading it."""
+        shape, levels = v.spec
+        if shape:
+            return shape, levels, None
+        loaded = await self._load(v.key)
+        return loaded.model.input_shape, loaded.model.levels, loaded
+
     def _capabilities(self, v: _Version) -> frozenset[str]:
         """What the version offers: its tag, or (versions registered before the tag existed)
         the family's declared defaults."""
@@ -564,10 +573,7 @@ class GenModelsServer:
             raise ApiError(422, f"{name}: family {v.family!r} has no likelihood to score")
         self._require(name, v, "log_prob")
         self._require_condition(name, v, body.condition)
-        shape, levels = v.spec
-        loaded = None if shape else await self._load(v.key)  # an untagged version: ask the model
-        if loaded is not None:
-            shape, levels = loaded.model.input_shape, loaded.model.levels
+        shape, levels, loaded = await self._data_spec(v)
         x = _to_batch(body.x, shape, levels, self.cfg.max_batch)
         condition = _condition(body.condition, len(x))
         loaded = loaded or await self._load(v.key)
@@ -603,10 +609,7 @@ class GenModelsServer:
         body = await _parse(request, _REQUESTS[cap.name])
         v = await self._resolve(name, body)
         self._require(name, v, cap.name)
-        shape, levels = v.spec
-        loaded = None if shape else await self._load(v.key)  # an untagged version: ask the model
-        if loaded is not None:
-            shape, levels = loaded.model.input_shape, loaded.model.levels
+        shape, levels, loaded = await self._data_spec(v)
         rows = min(cap.max_rows, self.cfg.max_batch)
         kwargs: dict[str, Any] = {}
         for field in cap.fields:
