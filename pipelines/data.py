@@ -22,10 +22,20 @@ Design, in the order ``load_dataset`` runs:
 Every split has a tensor column ``"x"`` (float32, ``input_shape``) and ``"y"`` (int64, -1 when
 unlabeled); ``iter_torch_batches`` yields ``(B, *input_shape)`` float32. The fingerprint hashes the
 raw data, labels and every setting that changes the rows (not the source path).
+
+**A label budget** (``labels_per_class=N``, semi-supervised learning): after the split, N train
+rows per class are drawn (stratified, seeded by ``(seed, 2)``; ``draw_labels``) and every other
+label is set to -1 *in the arrays the Ray Datasets are built from* (``visible_labels``): the
+other train rows, and every validation and test row. No worker can read a hidden label. The
+draw (N, seed, how many rows, a digest of their source indices) is recorded in ``preprocessing``
+(``"labels"``) and so in the fingerprint. The hidden labels stay only on the driver, in
+``PreparedDataset.y``, for judges that score after training (the yardstick, ``genmodels
+classify``); ``all_labels()`` is that judge's view.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import hashlib
@@ -127,6 +137,7 @@ def load_dataset(
     split_sizes: tuple[int, int] | None = None,
     levels: int | None = None,
     limit: int | None = None,
+    labels_per_class: int | None = None,
 ) -> LoadedDataset:
     """Load a catalogue dataset or the user's data as train / validation / test Ray Datasets.
 
@@ -140,6 +151,8 @@ def load_dataset(
         levels: values per dimension of user data; inferred from integer data when omitted.
             Non-integer values in [0, 1] are quantised to ``round(x * (levels - 1))``.
         limit: keep only this many rows (after the shuffle), for quick runs.
+        labels_per_class: keep only this many train labels per class (a seeded, stratified
+            draw); every other label, validation and test included, is -1 in the splits.
 
     Returns:
         The ``LoadedDataset``; its splits are lazy Ray Datasets (Ray starts with defaults if no
@@ -149,7 +162,13 @@ def load_dataset(
         ValueError: unknown name, missing file, bad setting, bad shapes or values, too-big splits.
     """
     return prepare_dataset(
-        source, binarize=binarize, seed=seed, split_sizes=split_sizes, levels=levels, limit=limit
+        source,
+        binarize=binarize,
+        seed=seed,
+        split_sizes=split_sizes,
+        levels=levels,
+        limit=limit,
+        labels_per_class=labels_per_class,
     ).to_ray()
 
 
@@ -160,8 +179,9 @@ class PreparedDataset:
     Everything that can be wrong with the data or the split settings is found here, so callers
     (the CLI) can check a run completely before they start Ray; ``to_ray`` then builds the
     ``LoadedDataset`` without reading the source again. Fields as in ``LoadedDataset``;
-    ``raw`` / ``y`` are the whole source (integers ``0..L-1``, labels) and ``rows`` the source
-    rows of each split.
+    ``raw`` / ``y`` are the whole source (integers ``0..L-1``, every label) and ``rows`` the
+    source rows of each split; ``label_rows`` the train rows whose labels a label budget keeps
+    (``None``: no budget, every label is visible).
     """
 
     name: str
@@ -178,6 +198,29 @@ class PreparedDataset:
     raw: np.ndarray
     y: np.ndarray
     rows: dict[str, np.ndarray]
+    label_rows: np.ndarray | None = None
+
+    def visible_labels(self) -> np.ndarray:
+        """The labels training may see, one per source row: ``y``, or under a label budget
+        ``y`` on ``label_rows`` and -1 everywhere else (other train rows, validation, test)."""
+        if self.label_rows is None:
+            return self.y
+        visible = np.full_like(self.y, -1)
+        visible[self.label_rows] = self.y[self.label_rows]
+        return visible
+
+    def all_labels(self) -> PreparedDataset:
+        """The same data with every label visible and no budget in its fingerprint: the view of
+        a judge that scores after training (the yardstick), never of training or selection."""
+        if self.label_rows is None:
+            return self
+        prep = {k: v for k, v in self.preprocessing.items() if k != "labels"}
+        return dataclasses.replace(
+            self,
+            label_rows=None,
+            preprocessing=prep,
+            fingerprint=_fingerprint(prep, self.raw, self.y),
+        )
 
     def to_ray(self) -> LoadedDataset:
         """The splits as lazy Ray Datasets (Ray starts with defaults if no Ray is up)."""
@@ -187,6 +230,7 @@ class PreparedDataset:
                 return "integers"
             return "probabilities" if self.binarize == "dynamic" and split == "train" else "binary"
 
+        y = self.visible_labels()  # hidden labels never reach a Ray block
         return LoadedDataset(
             name=self.name,
             input_shape=self.input_shape,
@@ -194,7 +238,7 @@ class PreparedDataset:
             raw_levels=self.raw_levels,
             binarize=self.binarize,
             splits={
-                s: _to_ray(self.raw, self.y, self.rows[s], how(s), self.raw_levels, self.seed)
+                s: _to_ray(self.raw, y, self.rows[s], how(s), self.raw_levels, self.seed)
                 for s in SPLITS
             },
             sizes=self.sizes,
@@ -248,6 +292,7 @@ def prepare_dataset(
     split_sizes: tuple[int, int] | None = None,
     levels: int | None = None,
     limit: int | None = None,
+    labels_per_class: int | None = None,
 ) -> PreparedDataset:
     """Read, check, quantise and split a dataset without Ray (arguments as ``load_dataset``).
 
@@ -261,6 +306,12 @@ def prepare_dataset(
     seed = int(seed)
     if limit is not None and (not isinstance(limit, int | np.integer) or limit < 3):
         raise ValueError(f"limit={limit!r}: expected at least 3 rows (train, validation, test)")
+    if labels_per_class is not None and (
+        isinstance(labels_per_class, bool)
+        or not isinstance(labels_per_class, int | np.integer)
+        or labels_per_class < 1
+    ):
+        raise ValueError(f"labels_per_class={labels_per_class!r}: expected an integer >= 1")
     key = source.strip().lower()
     if key in _CATALOGUE:
         x, y, raw_levels, default_sizes = _CATALOGUE[key]()
@@ -302,10 +353,16 @@ def prepare_dataset(
         "input_shape": list(raw.shape[1:]),
         **extra,
     }
+    label_rows = None
+    if labels_per_class is not None:
+        label_rows = draw_labels(y, rows["train"], int(labels_per_class), seed)
+        preprocessing["labels"] = {
+            "per_class": int(labels_per_class),
+            "seed": seed,
+            "kept": len(label_rows),
+            "rows_sha256": rows_digest(label_rows),
+        }
     raw = np.ascontiguousarray(raw)
-    digest = hashlib.sha256(json.dumps(preprocessing, sort_keys=True).encode())
-    digest.update(raw.tobytes())
-    digest.update(y.astype("<i8").tobytes())
     # The data alone (not how it is split or binarised): tells two sources of one name apart.
     what = {"raw_levels": raw_levels, "shape": list(raw.shape), **extra}
     source_digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode())
@@ -320,13 +377,53 @@ def prepare_dataset(
         binarize=binarize,
         seed=seed,
         sizes=sizes,
-        fingerprint=digest.hexdigest()[:16],
+        fingerprint=_fingerprint(preprocessing, raw, y),
         source_fingerprint=source_digest.hexdigest()[:16],
         preprocessing=preprocessing,
         raw=raw,
         y=y,
         rows=rows,
+        label_rows=label_rows,
     )
+
+
+def _fingerprint(preprocessing: dict, raw: np.ndarray, y: np.ndarray) -> str:
+    """Hash of the settings that shape the rows (the label draw included), the data and labels."""
+    digest = hashlib.sha256(json.dumps(preprocessing, sort_keys=True).encode())
+    digest.update(raw.tobytes())
+    digest.update(y.astype("<i8").tobytes())
+    return digest.hexdigest()[:16]
+
+
+def rows_digest(rows: np.ndarray) -> str:
+    """A short hash of a set of source row indices (e.g. the rows whose labels are kept)."""
+    return hashlib.sha256(np.sort(np.asarray(rows, "<i8")).tobytes()).hexdigest()[:16]
+
+
+def draw_labels(y: np.ndarray, train_rows: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """The train rows whose labels a label budget keeps: ``per_class`` per class, drawn without
+    replacement from the labelled train rows, seeded by ``(seed, 2)``; sorted source indices.
+
+    Raises:
+        ValueError: the train split has no labels, or a class has fewer than ``per_class`` rows.
+    """
+    labels = y[train_rows]
+    labelled = labels >= 0
+    if not labelled.any():
+        raise ValueError(
+            f"labels_per_class={per_class}: the data has no labels to keep (every train label "
+            "is -1); a label budget needs a labelled dataset"
+        )
+    classes, counts = np.unique(labels[labelled], return_counts=True)
+    if per_class > counts.min():
+        c = classes[np.argmin(counts)]
+        raise ValueError(
+            f"labels_per_class={per_class} is more than the train split holds of class {c} "
+            f"({counts.min()} rows): at most {counts.min()}"
+        )
+    rng = np.random.default_rng([seed, 2])
+    kept = [rng.choice(train_rows[labels == c], per_class, replace=False) for c in classes]
+    return np.sort(np.concatenate(kept)).astype(np.int64)
 
 
 # ----------------------------------------------------------------------------- catalogue
