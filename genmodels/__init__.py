@@ -7,7 +7,22 @@
 """
 
 # Importing a family module registers it.
-from . import aae, avb, dbm, fvsbn, gan, gsn, made, nade, pixelcnn, rbm, realnvp, vae  # noqa: F401
+from . import (  # noqa: F401
+    aae,
+    avb,
+    dbm,
+    fvsbn,
+    gan,
+    gsn,
+    m2vae,
+    made,
+    nade,
+    pixelcnn,
+    rbm,
+    realnvp,
+    ssgan,
+    vae,
+)
 from .base import (
     CAPABILITIES,
     BaseConfig,

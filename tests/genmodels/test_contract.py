@@ -57,6 +57,8 @@ TINY = {
         "eval_chunk": 4,
         "embed_samples": 4,
     },
+    "ssgan": {"latent_dim": 4, "gen_hidden": (8,), "disc_hidden": (8, 8)},
+    "m2vae": {"latent_dim": 2, "hidden_sizes": (8,), "eval_k": 8, "eval_chunk": 4},
 }
 
 
