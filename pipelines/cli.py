@@ -252,6 +252,11 @@ def cmd_tune(args) -> int:
     from .tune import run_tuning
 
     spec = build_spec(args)
+    if spec.labels_per_class is not None:
+        raise CLIError(
+            f"labels_per_class={spec.labels_per_class}: tune selects trials on validation "
+            "scores, which a run with a label budget must not use; train with a fixed schedule"
+        )
     if args.num_samples < 1:
         raise CLIError(f"bad value {args.num_samples} for --num-samples (must be >= 1)")
     if not {k for k in genmodels.family_class(spec.family).search_space if k not in spec.model}:
@@ -293,6 +298,8 @@ def _evaluation_data(args, info: dict):
     sizes = prep.get("split_sizes") or {}
     if "validation" in sizes and "test" in sizes:
         how["split_sizes"] = (int(sizes["validation"]), int(sizes["test"]))
+    if prep.get("labels"):  # a label budget: the same draw, so the same fingerprint
+        how["labels_per_class"] = int(prep["labels"]["per_class"])
     name = f"{args.model} v{info['version']}"
     try:
         data = prepare_dataset(source, limit=prep.get("limit"), **how)
@@ -508,7 +515,8 @@ def add_training_options(sp: argparse.ArgumentParser, *, tune: bool = False) -> 
         action="append",
         metavar="KEY=VALUE",
         help="a setting (repeatable; wins over --config): e.g. epochs=5, limit=600, "
-        "binarize=dynamic, use_gpu=true, registered_name=NAME, model.lr=1e-3",
+        "binarize=dynamic, use_gpu=true, registered_name=NAME, model.lr=1e-3, "
+        "labels_per_class=10 (keep 10 train labels per class; the run keeps its final epoch)",
     )
     sp.add_argument(
         "--timeout",

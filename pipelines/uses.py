@@ -1,5 +1,5 @@
 """What the uses of a model look like outside Python: pictures of imputations, and the CLI
-commands ``genmodels impute`` / ``genmodels embed`` (hooked into ``pipelines.cli``).
+commands ``genmodels impute`` / ``embed`` / ``classify`` (hooked into ``pipelines.cli``).
 
 Generic over families: everything goes through the protocol (``impute``, ``embed``) and the
 capability a registered version declares.
@@ -247,8 +247,124 @@ def cmd_embed(args) -> int:
     return 0
 
 
+def classification_report(log_probs: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """Accuracy, per-class accuracy and the confusion matrix of predictions ``argmax log_probs``
+    against labels ``y`` (rows with ``y = -1`` must be left out first).
+
+    Args:
+        log_probs: ``(N, K)`` class log-probabilities (``classify``'s output).
+        y: ``(N,)`` true labels in ``0..K-1``.
+
+    Returns:
+        ``n``, ``correct``, ``accuracy``, ``per_class_accuracy`` (``K`` values, NaN for a class
+        with no rows) and ``confusion`` (``K x K`` counts; rows: true class, columns: predicted).
+    """
+    k = log_probs.shape[1]
+    pred = log_probs.argmax(1)
+    confusion = np.zeros((k, k), np.int64)
+    np.add.at(confusion, (y, pred), 1)
+    support = confusion.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = np.where(support > 0, np.diag(confusion) / support, np.nan)
+    correct = int(np.trace(confusion))
+    return {
+        "n": len(y),
+        "correct": correct,
+        "accuracy": correct / max(1, len(y)),
+        "per_class_accuracy": per_class,
+        "confusion": confusion,
+    }
+
+
+def confusion_lines(report: dict[str, Any]) -> list[str]:
+    """The confusion matrix as text: one row per true class, its accuracy at the end."""
+    confusion = report["confusion"]
+    k = len(confusion)
+    width = max(4, len(str(confusion.max())) + 1)
+    lines = ["true\\pred" + "".join(f"{j:>{width}}" for j in range(k)) + "   accuracy"]
+    for i in range(k):
+        acc = report["per_class_accuracy"][i]
+        lines.append(
+            f"{i:>9}"
+            + "".join(f"{c:>{width}}" for c in confusion[i])
+            + ("          -" if np.isnan(acc) else f"{acc:>11.3f}")
+        )
+    return lines
+
+
+def cmd_classify(args) -> int:
+    """``genmodels classify``: classify a split of the version's own data (or ``--dataset``);
+    accuracy, per-class accuracy and the confusion matrix against its labels (all of them:
+    this judges after training, whatever labels the model was trained with)."""
+    import torch
+
+    from .cli import CLIError, _evaluation_data, _load, _registry_uri
+
+    if args.n is not None and args.n < 1:
+        raise CLIError(f"bad value {args.n} for --n (at least 1 example)")
+    if args.batch_size < 1:
+        raise CLIError(f"bad value {args.batch_size} for --batch-size (at least 1)")
+    model, info = _load(args, _registry_uri(args))
+    name = f"{args.model} v{info['version']}"
+    _require(model, "classify", name)
+    prepared = _evaluation_data(args, info)
+    x, y = split_arrays(prepared, args.split)  # every label: the judge's view
+    if args.n is not None:
+        x, y = x[: args.n], y[: args.n]
+    labelled = y >= 0
+    if not labelled.any():
+        raise CLIError(
+            f"the {args.split} split of {prepared.name!r} has no labels: nothing to judge "
+            f"{name}'s classes against"
+        )
+    x, y = x[labelled], y[labelled]
+    with torch.no_grad():
+        log_probs = torch.cat(
+            [
+                model.classify(torch.from_numpy(x[i : i + args.batch_size]))
+                for i in range(0, len(x), args.batch_size)
+            ]
+        ).numpy()
+    k = log_probs.shape[1]
+    if y.max() >= k:
+        raise CLIError(
+            f"the {args.split} split of {prepared.name!r} has labels up to {y.max()} but {name} "
+            f"classifies into {k} classes"
+        )
+    report = classification_report(log_probs, y)
+    budget = (info["meta"].get("preprocessing") or {}).get("labels")
+    trained = f"{budget['per_class']} labels per class" if budget else "every label"
+    head = {
+        "model": args.model,
+        "version": info["version"],
+        "split": args.split,
+        "dataset": prepared.name,
+        "num_classes": k,
+        "trained_with": trained,
+        "unlabelled_skipped": int((~labelled).sum()),
+    }
+    if args.json:
+        print(dumps({**head, **report}))
+        return 0
+    skipped = (
+        f"; {head['unlabelled_skipped']} unlabelled rows skipped"
+        if head["unlabelled_skipped"]
+        else ""
+    )
+    print(
+        f"classified {report['n']} {args.split} examples of {prepared.name} with {name} "
+        f"(trained with {trained}): accuracy {report['accuracy']:.4f} "
+        f"({report['correct']}/{report['n']}){skipped}"
+    )
+    print("confusion matrix (rows: true class, columns: predicted class):")
+    for line in confusion_lines(report):
+        print(line)
+    return 0
+
+
 def add_use_commands(command, add_model_options, add_registry_option) -> None:
-    """Register ``impute`` and ``embed`` on the CLI (``command`` makes a subparser)."""
+    """Register ``impute``, ``embed`` and ``classify`` on the CLI (``command`` makes a
+    subparser)."""
     from .masks import MASK_KINDS
 
     sp = command(
@@ -294,4 +410,25 @@ def add_use_commands(command, add_model_options, add_registry_option) -> None:
     sp.add_argument(
         "--out", default="embedding.npz", metavar="FILE", help=".npz (with labels) or .npy"
     )
+    add_registry_option(sp)
+
+    sp = command(
+        "classify",
+        cmd_classify,
+        "classify a split with a registered model: accuracy and the confusion matrix",
+        "Classify a split of the version's own data (rebuilt exactly, the same label draw "
+        "included) or of --dataset with a model that has the classify capability, and judge "
+        "it against every label of the split (after training; whatever labels it was trained "
+        "with): accuracy, per-class accuracy, confusion matrix. No Ray needed.",
+    )
+    add_model_options(sp)
+    sp.add_argument(
+        "--split", default="test", choices=["train", "validation", "test"], help="(default test)"
+    )
+    sp.add_argument("--dataset", metavar="NAME|PATH", help="other data (default: the version's)")
+    sp.add_argument("--n", type=int, help="only the first N examples")
+    sp.add_argument(
+        "--batch-size", type=int, default=500, help="examples per model call (default 500)"
+    )
+    sp.add_argument("--json", action="store_true", help="print the result as JSON")
     add_registry_option(sp)
