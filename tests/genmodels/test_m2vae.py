@@ -1,0 +1,222 @@
+"""M2: the unlabelled loss is the per-class ELBOs weighted by q(y|x) plus the entropy, the
+labelled loss adds alpha x cross-entropy, the importance-weighted estimate with y enumerated
+matches log p(x) computed by quadrature over a 1-d latent, conditional samples follow p(x|y),
+and a few labels on a toy set give a classifier far above chance (uninformative labels do not)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import genmodels
+from genmodels.m2vae import M2VAE
+from tests.genmodels.checks import binary_states
+
+
+def build(d: int = 6, seed: int = 0, **config) -> M2VAE:
+    torch.manual_seed(seed)
+    tiny = {"num_classes": 3, "latent_dim": 2, "hidden_sizes": (8,)}
+    return genmodels.build("m2vae", input_shape=(d,), **{**tiny, **config})
+
+
+def binary(n: int, d: int = 6, seed: int = 1) -> torch.Tensor:
+    return torch.bernoulli(torch.full((n, d), 0.4), generator=torch.Generator().manual_seed(seed))
+
+
+def elbo_by_hand(model: M2VAE, x: torch.Tensor, c: int, eps: torch.Tensor) -> torch.Tensor:
+    """ELBO(x, y=c) ``(B,)`` written out: Bernoulli log-likelihood, Gaussian KL, log p(y)."""
+    k, zdim = model.config.num_classes, model.config.latent_dim
+    onehot = torch.zeros(len(x), k)
+    onehot[:, c] = 1
+    h = model.encoder(torch.cat([x, onehot], 1))
+    mu, logvar = h[:, :zdim], h[:, zdim:].clamp(-12, 8)
+    z = mu + eps * torch.exp(logvar / 2)
+    logits = model.decoder(torch.cat([z, onehot], 1))
+    log_lik = (x * F.logsigmoid(logits) + (1 - x) * F.logsigmoid(-logits)).sum(1)
+    kl = 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum(1)
+    return log_lik - kl + math.log(1 / k)
+
+
+def test_unlabelled_loss_is_the_q_weighted_sum_of_per_class_elbos_plus_entropy():
+    model = strong(build(), seed=3)
+    x = binary(5)
+    torch.manual_seed(7)
+    loss = model({"x": x, "y": torch.full((5,), -1)})["loss"]
+    torch.manual_seed(7)
+    eps = torch.randn(3, 5, 2)  # the forward's noise: (K, B_unlabelled, Z)
+    elbos = torch.stack([elbo_by_hand(model, x, c, eps[c]) for c in range(3)], 1)
+    log_q = model.classifier(x).log_softmax(1)
+    q = log_q.exp()
+    u = (q * elbos).sum(1) - (q * log_q).sum(1)  # sum_y q ELBO + H(q)
+    assert loss.item() == pytest.approx(-u.mean().item(), rel=1e-5)
+    # Controls: the entropy left out, or the classes weighted uniformly, give other values.
+    assert abs(loss.item() + (q * elbos).sum(1).mean().item()) > 1e-2
+    assert abs(loss.item() + (elbos.mean(1) - (q * log_q).sum(1)).mean().item()) > 1e-2
+    # The public bound U(x) is the same computation, its noise from the given generator.
+    eps = torch.randn((3, 5, 2), generator=torch.Generator().manual_seed(0))
+    elbos = torch.stack([elbo_by_hand(model, x, c, eps[c]) for c in range(3)], 1)
+    u = (q * elbos).sum(1) - (q * log_q).sum(1)
+    assert torch.allclose(model.elbo(x, torch.Generator().manual_seed(0)), u, atol=1e-5)
+
+
+def test_labelled_loss_adds_alpha_times_the_cross_entropy_and_batches_mix():
+    model = build(alpha=7.0)
+    x, y = binary(4), torch.tensor([2, 0, 1, 2])
+    torch.manual_seed(3)
+    loss = model({"x": x, "y": y})["loss"]
+    torch.manual_seed(3)
+    eps = torch.randn(4, 2)  # (B_labelled, Z)
+    elbo = torch.stack(
+        [elbo_by_hand(model, x[i : i + 1], int(y[i]), eps[i : i + 1]) for i in range(4)]
+    )
+    ce = -model.classifier(x).log_softmax(1)[torch.arange(4), y]
+    assert loss.item() == pytest.approx((-elbo.squeeze(1) + 7.0 * ce).mean().item(), rel=1e-5)
+    # A mixed batch: the batch mean of both kinds of rows (unlabelled noise first).
+    xm, ym = torch.cat([x, binary(2, seed=9)]), torch.cat([y, torch.tensor([-1, -1])])
+    torch.manual_seed(4)
+    mixed = model({"x": xm, "y": ym})["loss"]
+    torch.manual_seed(4)
+    eps_u, eps_l = torch.randn(3, 2, 2), torch.randn(4, 2)
+    xu = xm[4:]
+    log_q = model.classifier(xu).log_softmax(1)
+    elbos = torch.stack([elbo_by_hand(model, xu, c, eps_u[c]) for c in range(3)], 1)
+    u = (log_q.exp() * (elbos - log_q)).sum(1)
+    lab = torch.stack(
+        [elbo_by_hand(model, x[i : i + 1], int(y[i]), eps_l[i : i + 1]) for i in range(4)]
+    )
+    want = ((-lab.squeeze(1) + 7.0 * ce).sum() - u.sum()) / 6
+    assert mixed.item() == pytest.approx(want.item(), rel=1e-5)
+    with pytest.raises(ValueError, match=r"labels must be -1 \(unlabelled\) or 0\.\.2"):
+        model({"x": x, "y": torch.tensor([0, 3, 0, 0])})
+
+
+def quadrature_log_probs(model: M2VAE, x: torch.Tensor) -> torch.Tensor:
+    """log p(x | y) ``(B, K)`` by quadrature over a 1-d latent (z on a fine grid in [-8, 8])."""
+    z = torch.linspace(-8, 8, 4001, dtype=torch.float64).unsqueeze(1)
+    dz = 16 / 4000
+    log_pz = -0.5 * (z.squeeze(1) ** 2 + math.log(2 * math.pi))
+    out = []
+    model = model.double()
+    for c in range(model.config.num_classes):
+        onehot = torch.zeros(len(z), model.config.num_classes, dtype=torch.float64)
+        onehot[:, c] = 1
+        logits = model.decoder(torch.cat([z, onehot], 1))  # (G, D)
+        log_lik = -torch.nn.functional.binary_cross_entropy_with_logits(
+            logits.unsqueeze(0).expand(len(x), -1, -1),
+            x.double().unsqueeze(1).expand(-1, len(z), -1),
+            reduction="none",
+        ).sum(-1)  # (B, G)
+        out.append(torch.logsumexp(log_lik + log_pz, 1) + math.log(dz))
+    model.float()
+    return torch.stack(out, 1)
+
+
+def strong(model: M2VAE, seed: int, prior_proposal: bool = False) -> M2VAE:
+    """Decoder and classifier weights large enough that p(x|y) and q(y|x) differ between classes
+    and states; with ``prior_proposal`` q(z|x,y) = N(0, I) (the encoder's output layer zeroed:
+    a well-behaved importance sampler for the 1-d latent of the quadrature checks)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in [*model.decoder.parameters(), *model.classifier.parameters()]:
+            p.copy_(torch.randn(p.shape, generator=g) * 1.5)
+        if prior_proposal:
+            model.encoder[-1].weight.zero_()
+            model.encoder[-1].bias.zero_()
+    return model
+
+
+def test_log_prob_with_y_enumerated_matches_quadrature():
+    model = build(d=3, latent_dim=1, eval_k=20000, eval_chunk=5000)
+    model = strong(model, seed=1, prior_proposal=True).eval()
+    states = binary_states((3,))
+    exact_cond = quadrature_log_probs(model, states)  # (8, K)
+    exact = torch.logsumexp(exact_cond - math.log(3), 1).float()
+    assert exact.exp().sum().item() == pytest.approx(1.0, abs=1e-4)  # the quadrature is right
+    assert exact.max() - exact.min() > 1.0  # not near-uniform: the check has teeth
+    res = model.score(states, generator=torch.Generator().manual_seed(0))
+    assert res.method == "iwae-enum-y-k=20000"
+    assert (res.stderr > 0).all() and (res.stderr < 0.1).all()
+    # within 4 standard errors (the estimate's own) plus float32 rounding
+    assert ((res.log_prob - exact).abs() < 4 * res.stderr + 1e-3).all(), (res.log_prob, exact)
+    # The conditional likelihood, labelled as such.
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    cond = model.score(states, generator=torch.Generator().manual_seed(0), condition={"label": y})
+    assert cond.method == "conditional-iwae-k=20000"
+    want = exact_cond[torch.arange(8), y].float()
+    assert ((cond.log_prob - want).abs() < 4 * cond.stderr + 1e-3).all(), (cond.log_prob, want)
+    # Control: summing the classes without the prior p(y) = 1/K overshoots by log K.
+    no_prior = torch.logsumexp(exact_cond, 1).float()
+    assert not torch.allclose(res.log_prob, no_prior, atol=0.5)
+    # The training bound lies below.
+    assert (model.elbo(states, torch.Generator().manual_seed(0)) < exact + 1e-4).all()
+
+
+def test_conditional_samples_follow_p_x_given_y():
+    model = strong(build(d=3, latent_dim=1), seed=2).eval()
+    states = binary_states((3,))
+    probs = quadrature_log_probs(model, states).exp()[:, 1].float()  # p(x | y=1)
+    x = model.sample(20000, generator=torch.Generator().manual_seed(0), condition={"label": 1})
+    idx = (x @ torch.tensor([4.0, 2.0, 1.0])).long()
+    freq = torch.bincount(idx, minlength=8).float() / 20000
+    assert (freq - probs).abs().max() < 0.015
+    other = quadrature_log_probs(model, states).exp()[:, 0].float()
+    assert (freq - other).abs().max() > 0.05  # control: the class matters
+    with pytest.raises(ValueError, match=r"label must be in 0\.\.2"):
+        model.sample(2, condition={"label": 3})
+
+
+def test_classify_is_log_q_y_given_x():
+    model = build().eval()
+    x = binary(5)
+    out = model.classify(x)
+    assert out.shape == (5, 3)
+    assert torch.allclose(out.logsumexp(1), torch.zeros(5), atol=1e-6)
+    assert torch.allclose(out, model.classifier(x).log_softmax(1))
+
+
+PROTOS = torch.tensor([[1.0] * 8 + [0.0] * 8, [0.0] * 8 + [1.0] * 8])
+
+
+def two_classes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two prototypes on 16 dims with 15% bit flips."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(2, (n,), generator=g)
+    x = PROTOS[y]
+    flips = torch.rand(n, 16, generator=g) < 0.15
+    return torch.where(flips, 1 - x, x), y
+
+
+def train_few_labels(labels: torch.Tensor, steps: int = 30) -> float:
+    """``steps`` Adam steps on 32 unlabelled rows + 8 labelled rows per batch; the mean
+    probability q(y|x) gives the true class of 400 held-out rows."""
+    torch.manual_seed(0)
+    model = genmodels.build(
+        "m2vae", input_shape=(16,), num_classes=2, latent_dim=2, hidden_sizes=(16,),
+        alpha=10.0, lr=1e-2,
+    )  # fmt: skip
+    opt = model.configure_optimizers()["main"]
+    x_unl, _ = two_classes(256, seed=1)
+    x_lab = PROTOS[[0, 0, 0, 0, 1, 1, 1, 1]]
+    g = torch.Generator().manual_seed(2)
+    for _ in range(steps):
+        idx = torch.randint(len(x_unl), (32,), generator=g)
+        batch = {
+            "x": torch.cat([x_unl[idx], x_lab]),
+            "y": torch.cat([torch.full((32,), -1), labels]),
+        }
+        opt.zero_grad()
+        model(batch)["loss"].backward()
+        opt.step()
+    x_test, y_test = two_classes(400, seed=3)
+    log_p = model.eval().classify(x_test)
+    return log_p[torch.arange(400), y_test].exp().mean().item()
+
+
+def test_few_labels_classify_far_above_chance_and_uninformative_labels_do_not():
+    right = train_few_labels(torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]))
+    assert right > 0.9, right
+    noise = train_few_labels(torch.tensor([0, 1, 0, 1, 0, 1, 0, 1]))  # control
+    assert 0.3 < noise < 0.7, noise
