@@ -28,6 +28,16 @@ and an importance *estimate* of ``log_prob_missing`` with its standard error. Se
 updates the first layer one input column at a time. Defaults P = 4, S = 0 (``impute_proposals``,
 ``impute_sweeps``), sized for 784-dim digits with one hidden layer of 500: about 0.5-0.9 CPU-s per
 100 imputations on an incompatible mask with K = 1 (0.1 s ancestral-exact).
+
+Class-conditional MADE (``conditional=True``, ``num_classes`` K; see ``genmodels.conditional``):
+the label's one-hot is an extra input connected to every hidden unit and every output, with no
+mask (it precedes every dimension in every order), i.e. a learned per-label bias
+``label_embeddings[l][y]`` added to layer l's pre-activation (zero at initialisation). Each
+p(x | y) is then an exact, normalised autoregressive model: ``log_prob(x, condition={"label": y})``
+is exact (method ``"exact-conditional:label"``) and ``sample`` draws from it. Without a condition
+the model is the uniform label mixture (1/K) sum_y p(x | y) (exact, K passes per mask); imputation
+treats it as a mixture of K x ``num_masks`` components (label-major), so the mask-posterior
+algorithm above also weighs the labels.
 """
 
 from __future__ import annotations
@@ -40,11 +50,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import conditional
 from . import impute_autoregressive as ar
 from .base import (
     BaseConfig,
     Condition,
     GenerativeModel,
+    ScoreResult,
     SearchSpec,
     bernoulli_log_prob,
     log_mean_exp,
@@ -64,6 +76,8 @@ class MADEConfig(BaseConfig):
     lr: float = 1e-3
     impute_proposals: int = IMPUTE_PROPOSALS
     impute_sweeps: int = IMPUTE_SWEEPS
+    conditional: bool = False  # p(x | y): see genmodels.conditional
+    num_classes: int = 10
 
 
 @register
@@ -110,6 +124,17 @@ class MADE(ar.AutoregressiveImpute, GenerativeModel):
         else:
             self.direct = None
         self._mask_generator = torch.Generator().manual_seed(config.seed + 1)
+        self.num_labels = conditional.setup(self)
+        if self.num_labels:
+            # One-hot label -> every hidden unit and every output, unmasked: a per-label bias
+            # per layer. Created last, so the other parameters' initialisation is unchanged.
+            self.label_embeddings = nn.ModuleList(
+                nn.Embedding(self.num_labels, n_out) for n_out in sizes[1:]
+            )
+            for emb in self.label_embeddings:
+                nn.init.zeros_(emb.weight)
+        else:
+            self.label_embeddings = None
 
     def set_mask(self, k: int) -> None:
         for layer in self.masked_layers():
@@ -118,37 +143,74 @@ class MADE(ar.AutoregressiveImpute, GenerativeModel):
     def masked_layers(self) -> list[MaskedLinear]:
         return [*self.layers, *([self.direct] if self.direct is not None else [])]
 
-    def logits(self, x: Tensor) -> Tensor:
-        """Bernoulli logits ``(B, D)`` of p(x_d | x_<d) under the current mask."""
-        h = x.flatten(1)
-        out_direct = self.direct(h) if self.direct is not None else 0.0
-        for layer in self.layers[:-1]:
-            h = F.relu(layer(h))
-        return self.layers[-1](h) + out_direct
+    def label_biases(self, labels: Tensor | None) -> list[Tensor | float]:
+        """Per layer, the label's additive term ``(B, size)`` (0.0 for an unconditional model)."""
+        if self.label_embeddings is None:
+            return [0.0] * len(self.layers)
+        if labels is None:
+            raise ValueError("made: a conditional MADE's logits need labels")
+        labels = labels.to(self.orders.device)
+        return [emb(labels) for emb in self.label_embeddings]
 
-    def _log_prob_mask(self, x: Tensor, k: int) -> Tensor:
+    def logits(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Bernoulli logits ``(B, D)`` of p(x_d | x_<d) (given ``labels``, for a conditional
+        model) under the current mask."""
+        h = x.flatten(1)
+        bias = self.label_biases(labels)
+        out_direct = self.direct(h) if self.direct is not None else 0.0
+        for layer, b in zip(self.layers[:-1], bias):
+            h = F.relu(layer(h) + b)
+        return self.layers[-1](h) + bias[-1] + out_direct
+
+    def _log_prob_mask(self, x: Tensor, k: int, labels: Tensor | None = None) -> Tensor:
         self.set_mask(k)
-        return bernoulli_log_prob(self.logits(x), x)
+        return bernoulli_log_prob(self.logits(x, labels), x)
 
     def forward(self, batch: Mapping[str, Tensor], phase: str = "main") -> dict[str, Tensor]:
         x = batch["x"].float()
+        labels = conditional.training_labels(self, batch) if self.num_labels else None
         k = int(torch.randint(self.config.num_masks, (1,), generator=self._mask_generator))
-        nll = -self._log_prob_mask(x, k).mean()
+        nll = -self._log_prob_mask(x, k, labels).mean()
         return {"loss": nll, "nll": nll.detach()}
+
+    def _log_prob_given(self, x: Tensor, labels: Tensor | None) -> Tensor:
+        """The mask mixture's exact log p(x) (or log p(x | labels)) ``(B,)``."""
+        masks = range(self.config.num_masks)
+        per_mask = torch.stack([self._log_prob_mask(x, k, labels) for k in masks], 1)
+        return log_mean_exp(per_mask, dim=1)
 
     def log_prob(
         self, x: Tensor, generator: torch.Generator | None = None, condition: Condition = None
     ) -> Tensor:
-        self.check_condition(condition)
+        """Exact log p(x); given ``condition={"label": y}``, the exact conditional log p(x | y);
+        a conditional model without one gives the uniform label mixture's log p(x)."""
+        given = self.check_condition(condition)
         x = self.check_input(x)
-        per_mask = torch.stack([self._log_prob_mask(x, k) for k in range(self.config.num_masks)], 1)
-        return log_mean_exp(per_mask, dim=1)
+        if given is not None:
+            return self._log_prob_given(x, conditional.check_labels(self, given["label"], len(x)))
+        if not self.num_labels:
+            return self._log_prob_given(x, None)
+        per_label = [
+            self._log_prob_given(x, torch.full((len(x),), y, dtype=torch.long))
+            for y in range(self.num_labels)
+        ]
+        return conditional.marginal(torch.stack(per_label, 1))
+
+    def score(
+        self, x: Tensor, generator: torch.Generator | None = None, condition: Condition = None
+    ) -> ScoreResult:
+        method = conditional.method_name(self, "exact", condition)
+        return ScoreResult(self.log_prob(x, generator, condition), method=method)
 
     @torch.no_grad()
     def sample(
         self, n: int, generator: torch.Generator | None = None, condition: Condition = None
     ) -> Tensor:
-        self.check_condition(condition)
+        """Ancestral samples of the mask mixture; given ``condition={"label": y}`` (one label or
+        one per sample), of p(x | y); a conditional model without one draws y uniformly first."""
+        labels = conditional.labels_from_condition(self, condition, n)
+        if labels is None and self.num_labels:
+            labels = conditional.uniform_labels(self, n, generator)
         d = self.num_dims
         device = self.orders.device
         # The mixture: each sample picks one mask uniformly, then is drawn in that mask's order.
@@ -157,9 +219,10 @@ class MADE(ar.AutoregressiveImpute, GenerativeModel):
         for k in which.unique().tolist():
             rows = (which == k).nonzero().squeeze(1).to(device)
             xk = torch.zeros(len(rows), d, device=device)
+            yk = labels[rows.cpu()] if labels is not None else None
             self.set_mask(k)
             for dim in torch.argsort(self.orders[k]).tolist():
-                p = torch.sigmoid(self.logits(xk)[:, dim])
+                p = torch.sigmoid(self.logits(xk, yk)[:, dim])
                 u = torch.rand(len(rows), generator=generator).to(device)
                 xk[:, dim] = (u < p).float()
             x[rows] = xk
@@ -171,11 +234,21 @@ class MADE(ar.AutoregressiveImpute, GenerativeModel):
         return max(1, 2**22 // max(self.num_dims, *self.config.hidden_sizes))
 
     def _ar_positions(self) -> Tensor:
-        return self.orders - 1  # (K, D), positions 0..D-1
+        # (components, D), positions 0..D-1; a conditional model's components are label-major
+        # (label c // num_masks, mask c % num_masks), the uniform mixture of its marginal.
+        return (self.orders - 1).repeat(max(1, self.num_labels), 1)
+
+    def _ar_component(self, c: int, n: int) -> tuple[int, Tensor | None]:
+        """Component ``c`` → (mask index, ``n`` labels or None), after selecting the mask."""
+        k = c % self.config.num_masks
+        self.set_mask(k)
+        if not self.num_labels:
+            return k, None
+        return k, torch.full((n,), c // self.config.num_masks, dtype=torch.long)
 
     def _ar_log_conditionals(self, xf: Tensor, k: int) -> Tensor:
-        self.set_mask(k)
-        logits = self.logits(xf)
+        _, labels = self._ar_component(k, len(xf))
+        logits = self.logits(xf, labels)
         return torch.stack([F.logsigmoid(-logits), F.logsigmoid(logits)], -1)
 
     def _ar_fill(
@@ -183,23 +256,28 @@ class MADE(ar.AutoregressiveImpute, GenerativeModel):
     ) -> Tensor:
         """Sequential sampling under mask k; the first layer's pre-activation is updated one
         input column at a time (O(H1) per step), the layers above run on every step."""
-        self.set_mask(k)
+        k, labels = self._ar_component(k, len(xf))
+        bias = self.label_biases(labels)
         x = torch.where(missing, 0.0, xf)
         any_missing = missing.any(0).tolist()
         first, last = self.layers[0], self.layers[-1]
         w_first = first.weight * first.masks[k]  # (H1, D)
         w_last = last.weight * last.masks[k]  # (D, H_last)
         w_direct = self.direct.weight * self.direct.masks[k] if self.direct is not None else None
-        a = first(x) if len(self.layers) > 1 else None  # (N, H1), unfilled inputs are 0
+        # (N, H1), unfilled inputs are 0
+        a = first(x) + bias[0] if len(self.layers) > 1 else None
+        out_bias = bias[-1] if isinstance(bias[-1], Tensor) else None  # (N, D)
         for d in torch.argsort(self.orders[k]).tolist():
             if any_missing[d]:
                 if a is None:  # no hidden layer
                     logit = x @ w_last[d] + last.bias[d]
                 else:
                     h = F.relu(a)
-                    for layer in self.layers[1:-1]:
-                        h = F.relu(layer(h))
+                    for layer, b in zip(self.layers[1:-1], bias[1:-1]):
+                        h = F.relu(layer(h) + b)
                     logit = h @ w_last[d] + last.bias[d]
+                if out_bias is not None:
+                    logit = logit + out_bias[:, d]
                 if w_direct is not None:
                     logit = logit + x @ w_direct[d]
                 draw = (ar.uniform(len(x), generator, x) < torch.sigmoid(logit)).to(x.dtype)

@@ -39,6 +39,14 @@ Choices here:
   estimate with its standard error. Defaults P = 2, S = 0 (``impute_proposals``,
   ``impute_sweeps``): the sequential passes dominate, ~20 CPU-s per 100 ancestral imputations of
   28x28 digits with 32 channels and 5 layers, ~35-70 with P = 1-2 on an incompatible mask.
+* class-conditional (``conditional=True``, ``num_classes`` K; see ``genmodels.conditional``): the
+  gated paper's conditional PixelCNN with a one-hot class h: a learned per-label bias
+  (``label_embeddings``, V^T h, zero at initialisation) added to the first convolution's output,
+  to each residual block's KxK convolution (in the gated block, to both the tanh and the sigmoid
+  halves) and to the head's first 1x1. The bias is the same at every pixel, so the masks and the
+  normalisation are untouched: ``log_prob(x, condition={"label": y})`` is the exact log p(x | y)
+  (method ``"exact-conditional:label"``). Without a condition the model is the uniform label
+  mixture (K passes), and imputation treats the K labels as K components (see above).
 """
 
 from __future__ import annotations
@@ -51,8 +59,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import conditional
 from . import impute_autoregressive as ar
-from .base import BaseConfig, Condition, GenerativeModel, SearchSpec, register
+from .base import BaseConfig, Condition, GenerativeModel, ScoreResult, SearchSpec, register
 from .layers import MaskedConv2d
 
 LOG_SCALE_MIN, LOG_SCALE_MAX = -7.0, 7.0
@@ -71,6 +80,8 @@ class PixelCNNConfig(BaseConfig):
     lr: float = 1e-3
     impute_proposals: int = IMPUTE_PROPOSALS
     impute_sweeps: int = IMPUTE_SWEEPS
+    conditional: bool = False  # p(x | y): see genmodels.conditional
+    num_classes: int = 10
 
 
 def discretized_logistic_mixture_log_prob(params: Tensor, x: Tensor, levels: int) -> Tensor:
@@ -111,12 +122,13 @@ class ResidualBlock(nn.Module):
         self.conv = MaskedConv2d(channels, width, kernel_size, "B", data_channels)
         self.proj = MaskedConv2d(channels, channels, 1, "B", data_channels)
 
-    def forward(self, h: Tensor) -> Tensor:
+    def forward(self, h: Tensor, bias: Tensor | float = 0.0) -> Tensor:
+        """``bias``: a conditioning term added to the KxK convolution's output (broadcast)."""
         if self.gated:
             # Halves keep the channel groups aligned since channels % data_channels == 0.
-            a, b = self.conv(h).chunk(2, dim=1)
+            a, b = (self.conv(h) + bias).chunk(2, dim=1)
             return h + self.proj(torch.tanh(a) * torch.sigmoid(b))
-        return h + self.proj(F.relu(self.conv(F.relu(h))))
+        return h + self.proj(F.relu(self.conv(F.relu(h)) + bias))
 
 
 @register
@@ -179,30 +191,58 @@ class PixelCNN(ar.AutoregressiveImpute, GenerativeModel):
             config.block_kernel_size // 2
         ] * config.num_layers
         self.receptive_rows = sum(self._rows_up)
+        self.num_labels = conditional.setup(self)
+        if self.num_labels:
+            # Created last, so the other parameters' initialisation is unchanged.
+            widths = [h] + [2 * h if config.gated else h] * config.num_layers + [h]
+            self.label_embeddings = nn.ModuleList(nn.Embedding(self.num_labels, w) for w in widths)
+            for emb in self.label_embeddings:
+                nn.init.zeros_(emb.weight)
+        else:
+            self.label_embeddings = None
 
     # -------------------------------------------------------------------------------- network
-    def params(self, x: Tensor, row: int | None = None) -> Tensor:
-        """Output parameters ``(B, C, H, W, P)`` of p(x_i | x_<i) for data-space ``x``.
+    def label_biases(self, labels: Tensor | None) -> list[Tensor | float]:
+        """The label's additive term ``(B, width, 1, 1)`` for each trunk layer and the head
+        (0.0 everywhere for an unconditional model)."""
+        if self.label_embeddings is None:
+            return [0.0] * (len(self.trunk) + 1)
+        if labels is None:
+            raise ValueError("pixelcnn: a conditional PixelCNN needs labels")
+        labels = labels.to(self.head[-1].weight.device)
+        return [emb(labels)[:, :, None, None] for emb in self.label_embeddings]
+
+    def params(self, x: Tensor, row: int | None = None, labels: Tensor | None = None) -> Tensor:
+        """Output parameters ``(B, C, H, W, P)`` of p(x_i | x_<i) (given ``labels`` ``(B,)``,
+        for a conditional model) for data-space ``x``.
 
         With ``row``, only that row is computed (``(B, C, 1, W, P)``), from the rows it sees.
         """
+        bias = self.label_biases(labels)
+
+        def layer_out(i: int, h: Tensor) -> Tensor:
+            if i == 0:
+                return self.trunk[0](h) + bias[0]
+            return self.trunk[i](h, bias[i])
+
         h = x / (self.levels - 1) * 2 - 1  # (B, C, H, W) in [-1, 1]
         if row is None:
-            for layer in self.trunk:
-                h = layer(h)
+            for i in range(len(self.trunk)):
+                h = layer_out(i, h)
         else:
             start = max(0, row - self.receptive_rows)  # absolute index of h's first row
             h = h[:, :, start : row + 1]
             seen = 0
-            for layer, up in zip(self.trunk, self._rows_up):
-                h = layer(h)
+            for i, up in enumerate(self._rows_up):
+                h = layer_out(i, h)
                 seen += up
                 # The layers left look up only receptive_rows - seen more rows, so rows above
                 # `keep` are no longer needed (and, cut off at the crop's top, they are wrong).
                 keep = max(0, row - self.receptive_rows + seen)
                 h = h[:, :, keep - start :]
                 start = keep
-        out = self.head(h)  # (B, P * C, H', W)
+        relu, first, _, last = self.head
+        out = last(F.relu(first(relu(h)) + bias[-1]))  # (B, P * C, H', W)
         b, _, rows, w = out.shape
         return out.view(b, self.num_params, self.input_shape[0], rows, w).permute(0, 2, 3, 4, 1)
 
@@ -217,28 +257,56 @@ class PixelCNN(ar.AutoregressiveImpute, GenerativeModel):
         index = x.long().expand(shape).unsqueeze(-1)
         return log_p.gather(-1, index).squeeze(-1)
 
-    def _log_prob(self, x: Tensor) -> Tensor:
-        return self.pixel_log_prob(self.params(x), x).flatten(1).sum(1)
+    def _log_prob(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        return self.pixel_log_prob(self.params(x, labels=labels), x).flatten(1).sum(1)
 
     # ------------------------------------------------------------------------------ protocol
     def forward(self, batch: Mapping[str, Tensor], phase: str = "main") -> dict[str, Tensor]:
-        nll = -self._log_prob(batch["x"].float()).mean()
+        labels = conditional.training_labels(self, batch) if self.num_labels else None
+        nll = -self._log_prob(batch["x"].float(), labels).mean()
         return {"loss": nll, "nll": nll.detach()}
 
     def log_prob(
         self, x: Tensor, generator: torch.Generator | None = None, condition: Condition = None
     ) -> Tensor:
-        self.check_condition(condition)
-        return self._log_prob(self.check_input(x))
+        """Exact log p(x); given ``condition={"label": y}``, the exact conditional log p(x | y);
+        a conditional model without one gives the uniform label mixture's log p(x)."""
+        given = self.check_condition(condition)
+        x = self.check_input(x)
+        if given is not None:
+            return self._log_prob(x, conditional.check_labels(self, given["label"], len(x)))
+        if not self.num_labels:
+            return self._log_prob(x)
+        per_label = [
+            self._log_prob(x, torch.full((len(x),), y, dtype=torch.long))
+            for y in range(self.num_labels)
+        ]
+        return conditional.marginal(torch.stack(per_label, 1))
+
+    def score(
+        self, x: Tensor, generator: torch.Generator | None = None, condition: Condition = None
+    ) -> ScoreResult:
+        method = conditional.method_name(self, "exact", condition)
+        return ScoreResult(self.log_prob(x, generator, condition), method=method)
 
     def sample(
         self, n: int, generator: torch.Generator | None = None, condition: Condition = None
     ) -> Tensor:
-        self.check_condition(condition)
-        return self._sample(n, generator, cropped=True)
+        """Ancestral samples; given ``condition={"label": y}`` (one label or one per sample), of
+        p(x | y); a conditional model without one draws y uniformly first."""
+        labels = conditional.labels_from_condition(self, condition, n)
+        if labels is None and self.num_labels:
+            labels = conditional.uniform_labels(self, n, generator)
+        return self._sample(n, generator, cropped=True, labels=labels)
 
     @torch.no_grad()
-    def _sample(self, n: int, generator: torch.Generator | None, cropped: bool) -> Tensor:
+    def _sample(
+        self,
+        n: int,
+        generator: torch.Generator | None,
+        cropped: bool,
+        labels: Tensor | None = None,
+    ) -> Tensor:
         """Ancestral sampling in raster order, one uniform per value drawn (inverse CDF).
 
         ``cropped=False`` recomputes the whole image at every step (the reference for tests).
@@ -251,9 +319,9 @@ class PixelCNN(ar.AutoregressiveImpute, GenerativeModel):
             for col in range(width):
                 for ch in range(c):
                     if cropped:
-                        p = self.params(x, row=r)[:, ch, 0, col]  # (n, P)
+                        p = self.params(x, row=r, labels=labels)[:, ch, 0, col]  # (n, P)
                     else:
-                        p = self.params(x)[:, ch, r, col]
+                        p = self.params(x, labels=labels)[:, ch, r, col]
                     log_p = self.pixel_log_prob(p[:, None, :], values[None, :])  # (n, L)
                     cdf = log_p.softmax(-1).cumsum(-1)
                     u = torch.rand(n, 1, generator=generator).to(device)
@@ -272,10 +340,16 @@ class PixelCNN(ar.AutoregressiveImpute, GenerativeModel):
         c, height, width = self.input_shape
         device = self.head[-1].weight.device
         pixel = torch.arange(height * width, device=device)
-        return (pixel[None, :] * c + torch.arange(c, device=device)[:, None]).flatten()[None]
+        order = (pixel[None, :] * c + torch.arange(c, device=device)[:, None]).flatten()[None]
+        return order.repeat(max(1, self.num_labels), 1)  # a conditional model: one per label
+
+    def _ar_labels(self, k: int, n: int) -> Tensor | None:
+        """Component ``k``'s labels (a conditional model's marginal: component k = label k)."""
+        return torch.full((n,), k, dtype=torch.long) if self.num_labels else None
 
     def _ar_log_conditionals(self, xf: Tensor, k: int) -> Tensor:
-        params = self.params(xf.view(len(xf), *self.input_shape))  # (N, C, H, W, P)
+        labels = self._ar_labels(k, len(xf))
+        params = self.params(xf.view(len(xf), *self.input_shape), labels=labels)  # (N,C,H,W,P)
         values = torch.arange(self.levels, device=xf.device, dtype=xf.dtype)
         log_p = self.pixel_log_prob(params[..., None, :], values)  # (N, C, H, W, L)
         return log_p.flatten(1, 3)
@@ -289,6 +363,7 @@ class PixelCNN(ar.AutoregressiveImpute, GenerativeModel):
         x = torch.where(missing, 0.0, xf).view(n, c, height, width)
         miss = missing.view(n, c, height, width)
         any_missing = miss.any(0)
+        labels = self._ar_labels(k, n)
         values = torch.arange(self.levels, device=x.device, dtype=x.dtype)
         for r in range(height):
             if not bool(any_missing[:, r].any()):
@@ -297,7 +372,7 @@ class PixelCNN(ar.AutoregressiveImpute, GenerativeModel):
                 for ch in range(c):
                     if not bool(any_missing[ch, r, col]):
                         continue
-                    p = self.params(x, row=r)[:, ch, 0, col]  # (n, P)
+                    p = self.params(x, row=r, labels=labels)[:, ch, 0, col]  # (n, P)
                     log_p = self.pixel_log_prob(p[:, None, :], values[None, :])  # (n, L)
                     draw = ar.categorical(log_p, generator).to(x.dtype)
                     x[:, ch, r, col] = torch.where(miss[:, ch, r, col], draw, x[:, ch, r, col])

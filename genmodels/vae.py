@@ -31,11 +31,23 @@ CPU-s per 100 imputations on MNIST (784 dims, latent 32, hidden 512-256, S = 10 
 ``log_prob_missing`` = log p^(x) - log p^(x_obs), importance-weighted estimates with
 ``impute_score_k`` draws from q(z|x) and the K final SIR draws: an estimate with a standard error,
 neither a lower nor an upper bound (0 to switch it off).
+
+Conditional VAE (``conditional=True``, ``num_classes`` K; Sohn, Lee & Yan 2015, "Learning
+Structured Output Representation using Deep Conditional Generative Models"; Kingma, Rezende,
+Mohamed & Welling 2014's M2 with the label observed; see ``genmodels.conditional``): the encoder
+sees [x, one-hot y], the decoder [z, one-hot y], the prior stays N(0, I), and the ELBO bounds
+log p(x | y). ``log_prob(x, condition={"label": y})`` is the importance-weighted estimate of the
+conditional log p(x | y) (method ``"iwae-k=100-conditional:label"``); without a condition it
+estimates the uniform label mixture's log (1/K) sum_y p(x | y) with ceil(eval_k / K) draws per
+label (stratified over labels, so the cost is the unconditional one; method
+``"iwae-k=10x10-marginal:uniform-label"``). ``embed`` and ``impute`` need a label-free posterior,
+so a conditional VAE does not offer them (its capabilities drop both).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -43,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import conditional
 from .base import (
     LOG_2PI,
     BaseConfig,
@@ -83,6 +96,8 @@ class VAEConfig(BaseConfig):
     impute_score_k: int = 100
     impute_prior_mix: float = 0.2
     lr: float = 1e-3
+    conditional: bool = False  # a CVAE, p(x | y): see genmodels.conditional
+    num_classes: int = 10
 
 
 class IAFStep(nn.Module):
@@ -151,27 +166,46 @@ class VAE(GenerativeModel):
             raise ValueError(
                 f"vae: impute_prior_mix must be in [0, 1), got {config.impute_prior_mix}"
             )
+        self.num_labels = k = conditional.setup(self)
+        if k:  # the posterior needs a label: no label-free code or imputation
+            self.capabilities = self.capabilities - {"embed", "impute"}
         d, h, z = self.num_dims, config.hidden_sizes, config.latent_dim
         ctx = config.iaf_hidden if config.iaf_steps else 0
-        self.encoder = mlp((d, *h, 2 * z + ctx))
-        self.decoder = mlp((z, *reversed(h), d))
+        self.encoder = mlp((d + k, *h, 2 * z + ctx))
+        self.decoder = mlp((z + k, *reversed(h), d))
         self.iaf = nn.ModuleList(
             IAFStep(z, config.iaf_hidden, ctx, reverse=t % 2 == 1) for t in range(config.iaf_steps)
         )
 
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Posterior mean and log-variance of z_0, each ``(B, Z)``."""
-        return self._encode(x)[:2]
+    def encode(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Posterior mean and log-variance of z_0, each ``(B, Z)`` (given ``labels``, for a
+        conditional model)."""
+        return self._encode(x, labels)[:2]
 
-    def _encode(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        out = self.encoder(x.flatten(1))
+    def _with_labels(self, v: Tensor, labels: Tensor | None) -> Tensor:
+        """``v`` ``(..., B, F)`` with the labels' one-hot appended (a conditional model)."""
+        if not self.num_labels:
+            return v
+        if labels is None:
+            raise ValueError("vae: a conditional VAE needs labels")
+        hot = conditional.one_hot(labels, self.num_labels, v)
+        return torch.cat([v, hot.expand(*v.shape[:-1], self.num_labels)], -1)
+
+    def decode(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Bernoulli logits ``(..., B, D)`` of p(x | z) (or p(x | z, y)) for ``z`` ``(..., B, Z)``."""
+        return self.decoder(self._with_labels(z, labels))
+
+    def _encode(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        out = self.encoder(self._with_labels(x.flatten(1), labels))
         zdim = self.config.latent_dim
         mu, logvar, context = out[:, :zdim], out[:, zdim : 2 * zdim], out[:, 2 * zdim :]
         return mu, logvar.clamp(-12.0, 8.0), context
 
-    def posterior(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
-        """z ~ q(z|x) from standard-normal noise ``eps`` ``(..., B, Z)`` → (z, log q(z|x))."""
-        mu, logvar, context = self._encode(x)
+    def posterior(
+        self, x: Tensor, eps: Tensor, labels: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """z ~ q(z|x) (q(z|x, y)) from standard-normal noise ``eps`` ``(..., B, Z)`` → (z, log q)."""
+        mu, logvar, context = self._encode(x, labels)
         z = mu + eps * (0.5 * logvar).exp()
         log_q = -0.5 * (eps.pow(2) + LOG_2PI + logvar).sum(-1)
         context = context.expand(*eps.shape[:-1], context.shape[-1])
@@ -180,45 +214,80 @@ class VAE(GenerativeModel):
             log_q = log_q - log_det
         return z, log_q
 
-    def decoder_log_prob(self, x: Tensor, z: Tensor) -> Tensor:
-        """log p(x | z) for ``x`` ``(B, D)`` and ``z`` ``(..., B, Z)`` → ``(..., B)``."""
-        logits = self.decoder(z)
+    def decoder_log_prob(self, x: Tensor, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """log p(x | z) (p(x | z, y)) for ``x`` ``(B, D)`` and ``z`` ``(..., B, Z)`` → ``(..., B)``."""
+        logits = self.decode(z, labels)
         target = x.expand_as(logits)
         return -F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
 
     def forward(self, batch: Mapping[str, Tensor], phase: str = "main") -> dict[str, Tensor]:
         x = batch["x"].flatten(1).to(self.decoder[0].weight.dtype)
-        elbo, kl = self._elbo(x, None)
+        labels = conditional.training_labels(self, batch) if self.num_labels else None
+        elbo, kl = self._elbo(x, None, labels)
         loss = -elbo.mean()
         return {"loss": loss, "elbo": elbo.mean().detach(), "kl": kl.mean().detach()}
 
-    def _elbo(self, x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    def _elbo(
+        self, x: Tensor, generator: torch.Generator | None, labels: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Single-sample ELBO and KL term ``(B,)``: analytic KL without IAF, Monte Carlo with."""
-        mu, logvar, _ = self._encode(x)
+        mu, logvar, _ = self._encode(x, labels)
         eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype).to(mu.device)
         if self.iaf:
-            z, log_q = self.posterior(x, eps)
+            z, log_q = self.posterior(x, eps, labels)
             kl = log_q - std_normal_log_prob(z)
         else:
             z = mu + eps * (0.5 * logvar).exp()
             kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
-        return self.decoder_log_prob(x, z) - kl, kl
+        return self.decoder_log_prob(x, z, labels) - kl, kl
 
-    def elbo(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """A single-sample Monte-Carlo ELBO ``(B,)`` (analytic KL where there is no IAF)."""
-        return self._elbo(self.check_input(x).flatten(1), generator)[0]
+    def elbo(
+        self, x: Tensor, generator: torch.Generator | None = None, condition: Condition = None
+    ) -> Tensor:
+        """A single-sample Monte-Carlo ELBO ``(B,)`` (analytic KL where there is no IAF); a
+        conditional model's bounds log p(x | y) and needs ``condition={"label": y}``."""
+        x = self.check_input(x).flatten(1)
+        labels = conditional.labels_from_condition(self, condition, len(x))
+        return self._elbo(x, generator, labels)[0]
 
-    def log_weights(self, x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
-        """log p(x, z_i) - log q(z_i | x) for k posterior samples → ``(k, B)``."""
+    def log_weights(
+        self,
+        x: Tensor,
+        k: int,
+        generator: torch.Generator | None = None,
+        labels: Tensor | None = None,
+    ) -> Tensor:
+        """log p(x, z_i) - log q(z_i | x) for k posterior samples → ``(k, B)`` (given
+        ``labels``: log p(x, z_i | y) - log q(z_i | x, y))."""
         x = x.flatten(1)
         shape, dtype = (len(x), self.config.latent_dim), x.dtype
         chunks = []
         for start in range(0, k, self.config.eval_chunk):
             m = min(self.config.eval_chunk, k - start)
             eps = torch.randn((m, *shape), generator=generator, dtype=dtype).to(x.device)
-            z, log_q = self.posterior(x, eps)  # (m, B, Z), (m, B)
-            chunks.append(self.decoder_log_prob(x, z) + std_normal_log_prob(z) - log_q)
+            z, log_q = self.posterior(x, eps, labels)  # (m, B, Z), (m, B)
+            chunks.append(self.decoder_log_prob(x, z, labels) + std_normal_log_prob(z) - log_q)
         return torch.cat(chunks, 0)
+
+    def _weights(
+        self, x: Tensor, k: int, generator: torch.Generator | None, condition: Condition
+    ) -> tuple[Tensor, str]:
+        """The log importance weights ``(k', B)`` behind ``log_prob`` / ``score``, and the
+        method: k draws from q(z|x) (q(z|x, y) given a label); a conditional model without a
+        label: ceil(k / K) draws per label, stratified, for the uniform label mixture."""
+        given = self.check_condition(condition)
+        x = self.check_input(x)
+        if given is not None:
+            labels = conditional.check_labels(self, given["label"], len(x))
+            return self.log_weights(x, k, generator, labels), f"iwae-k={k}-conditional:label"
+        if not self.num_labels:
+            return self.log_weights(x, k, generator), f"iwae-k={k}"
+        per = math.ceil(k / self.num_labels)
+        log_w = [
+            self.log_weights(x, per, generator, torch.full((len(x),), y, dtype=torch.long))
+            for y in range(self.num_labels)
+        ]
+        return torch.cat(log_w, 0), f"iwae-k={per}x{self.num_labels}-marginal:uniform-label"
 
     def log_prob(
         self,
@@ -227,28 +296,30 @@ class VAE(GenerativeModel):
         k: int | None = None,
         condition: Condition = None,
     ) -> Tensor:
-        self.check_condition(condition)
-        x = self.check_input(x)
-        return log_mean_exp(self.log_weights(x, k or self.config.eval_k, generator), dim=0)
+        log_w, _ = self._weights(x, k or self.config.eval_k, generator, condition)
+        return log_mean_exp(log_w, dim=0)
 
     def score(
         self, x: Tensor, generator: torch.Generator | None = None, condition: Condition = None
     ) -> ScoreResult:
-        self.check_condition(condition)
-        x = self.check_input(x)
-        k = self.config.eval_k
-        estimate, stderr = importance_weighted(self.log_weights(x, k, generator))
-        return ScoreResult(estimate, method=f"iwae-k={k}", stderr=stderr)
+        log_w, method = self._weights(x, self.config.eval_k, generator, condition)
+        estimate, stderr = importance_weighted(log_w)
+        return ScoreResult(estimate, method=method, stderr=stderr)
 
     @torch.no_grad()
     def sample(
         self, n: int, generator: torch.Generator | None = None, condition: Condition = None
     ) -> Tensor:
-        self.check_condition(condition)
+        """Ancestral samples z ~ N(0, I), x ~ p(x | z); given ``condition={"label": y}`` (one
+        label or one per sample), x ~ p(x | z, y); a conditional model without one draws y
+        uniformly first."""
+        labels = conditional.labels_from_condition(self, condition, n)
+        if labels is None and self.num_labels:
+            labels = conditional.uniform_labels(self, n, generator)
         device = next(self.parameters()).device
         dtype = self.decoder[0].weight.dtype
         z = torch.randn((n, self.config.latent_dim), generator=generator, dtype=dtype).to(device)
-        p = torch.sigmoid(self.decoder(z))
+        p = torch.sigmoid(self.decode(z, labels))
         u = torch.rand(p.shape, generator=generator).to(device)
         return (u < p).float().view(n, *self.input_shape)
 
