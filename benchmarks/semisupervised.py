@@ -1,0 +1,274 @@
+"""Learning from few labels: the K+1 GAN (``ssgan``) and M2 (``m2vae``) beside the same classifiers
+trained on the labelled digits alone, and the fully supervised ceiling.
+
+Data: the bundled MNIST (4,000 train / 500 validation / 500 test digits, fixed binarisation; no
+Ray). A setting keeps ``L`` train labels (``--labels``: 100 and 1,000, i.e. 10 and 100 per class,
+drawn stratified with the draw's seed) and hides the rest (y = -1); every train digit is
+unlabelled data. Each run trains in this process with the generic loop of the families (every
+phase the family declares, its own optimisers) for ``--budget`` CPU-seconds (one thread, this
+process), then the FINAL weights classify the 500 test digits once (``classify``, argmax): no
+selection on validation or test. Mean ± sd over ``--draws`` (5) label draws.
+
+A training step's batch is Salimans et al.'s: ``--unlabelled-batch`` (100) digits drawn from the
+whole train split with their labels hidden, plus ``--labelled-batch`` (100) labelled digits cycled
+through the labelled set (with 100 labels: all of them every step), in one ``{"x", "y"}`` dict.
+
+Rows (the classifier architecture is the family's own, the code path the same):
+
+* ``ssgan``: the paper's MNIST recipe (the family's default config);
+* ``ssgan-labels-only``: the same discriminator (noise, weight norm, Polyak average) trained on
+  the labelled batches alone with ``unsupervised_weight = 0`` (cross-entropy only);
+* ``m2vae``: M2 with a Kingma-equivalent alpha for these batches (see ``M2_ALPHA``);
+* ``m2vae-labels-only``: the same model on labelled batches alone: q(y|x) then learns from the
+  alpha-weighted cross-entropy only (the labelled ELBO does not reach it);
+* ``*-supervised``: the same labels-only training on all 4,000 train labels (the ceiling), one
+  run each (``--baseline-budget``).
+
+The labels-only and supervised rows get ``--baseline-budget`` CPU-seconds (default a quarter of
+``--budget``: they see 100 or 1,000 digits, or one pass over 4,000 is a few seconds). Cost of the
+default run: 20 semi-supervised runs x 240 s + 22 baseline runs x 60 s ≈ 1.7 CPU-hours.
+
+    python benchmarks/semisupervised.py                              # everything (~1.7 CPU-h)
+    python benchmarks/semisupervised.py --budget 20 --draws 1 --labels 100 --results /tmp/ss  # smoke
+    python benchmarks/semisupervised.py --method ssgan --labels 100  # one row
+    python benchmarks/semisupervised.py --table                      # rewrite the tables
+
+Each run writes ``benchmarks/results/semisupervised/<method>-<labels>-<draw>.json`` (separate
+processes may run different rows), merged into ``semisupervised.json`` and ``semisupervised.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import genmodels
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+ROWS = RESULTS / "semisupervised"
+
+# Kingma et al.'s alpha = 0.1 N weighs each labelled row when labelled rows come at their natural
+# rate (L of N). These batches carry them at rate 1/2, 2N/L times more often, so the same
+# objective per labelled row is alpha = 0.1 N x L / (2N) = 0.05 L.
+M2_ALPHA = {100: 5.0, 1000: 50.0}
+M2_CONFIG = {"latent_dim": 50, "hidden_sizes": (500,), "lr": 1e-3}
+
+# method -> (family, config overrides, uses unlabelled data, baseline)
+METHODS: dict[str, tuple[str, dict, bool]] = {
+    "ssgan": ("ssgan", {}, True),
+    "ssgan-labels-only": ("ssgan", {"unsupervised_weight": 0.0}, False),
+    "m2vae": ("m2vae", M2_CONFIG, True),
+    "m2vae-labels-only": ("m2vae", M2_CONFIG, False),
+}
+SUPERVISED = {"ssgan-supervised": "ssgan-labels-only", "m2vae-supervised": "m2vae-labels-only"}
+
+
+def draw_labelled(y_train: np.ndarray, n_labels: int, seed: int) -> np.ndarray:
+    """``n_labels`` train rows, the same number per class, drawn with ``seed``."""
+    classes = np.unique(y_train)
+    if n_labels % len(classes):
+        raise SystemExit(f"--labels {n_labels} is not a multiple of {len(classes)} classes")
+    rng = np.random.default_rng(seed)
+    per = n_labels // len(classes)
+    rows = [rng.choice(np.flatnonzero(y_train == c), per, replace=False) for c in classes]
+    return np.sort(np.concatenate(rows))
+
+
+def config_for(method: str, n_labels: int) -> tuple[str, dict, bool]:
+    family, config, unlabelled = METHODS[method]
+    config = dict(config)
+    if family == "m2vae":
+        config["alpha"] = M2_ALPHA.get(n_labels, 0.05 * n_labels)
+    return family, config, unlabelled
+
+
+def train_run(
+    method: str,
+    n_labels: int,
+    draw: int,
+    data,
+    budget: float,
+    args,
+) -> dict:
+    """Train one run for ``budget`` CPU-seconds; its final weights classify the test split."""
+    base = SUPERVISED.get(method, method)
+    family, config, use_unlabelled = config_for(base, n_labels)
+    x_train, y_train = (torch.from_numpy(a) for a in data.numpy("train"))
+    x_test, y_test = (torch.from_numpy(a) for a in data.numpy("test"))
+    if method in SUPERVISED:
+        labelled = np.arange(len(y_train))
+        if family == "m2vae":
+            config["alpha"] = 0.05 * len(y_train)
+    else:
+        labelled = draw_labelled(y_train.numpy(), n_labels, seed=1000 * args.seed + draw)
+    seed = 1000 * args.seed + draw
+    torch.manual_seed(seed)
+    model = genmodels.build(family, data.input_shape, data.levels, **config)
+    opt = model.configure_optimizers()
+    g = torch.Generator().manual_seed(seed)
+    lab = torch.from_numpy(labelled)
+    order, pos = lab[torch.randperm(len(lab), generator=g)], 0
+    steps, cpu0, wall0 = 0, time.process_time(), time.monotonic()
+    model.train()
+    while time.process_time() - cpu0 < budget:
+        xs, ys = [], []
+        if use_unlabelled:
+            idx = torch.randint(len(x_train), (args.unlabelled_batch,), generator=g)
+            xs.append(x_train[idx])
+            ys.append(torch.full((len(idx),), -1, dtype=torch.long))
+        take = []
+        while len(take) < min(args.labelled_batch, len(lab)):
+            if pos == len(order):
+                order, pos = lab[torch.randperm(len(lab), generator=g)], 0
+            n = min(args.labelled_batch - len(take), len(order) - pos)
+            take.extend(order[pos : pos + n].tolist())
+            pos += n
+        xs.append(x_train[take])
+        ys.append(y_train[take])
+        batch = {"x": torch.cat(xs), "y": torch.cat(ys)}
+        for phase in model.phases:
+            opt[phase].zero_grad(set_to_none=True)
+            model(batch, phase=phase)["loss"].backward()
+            opt[phase].step()
+        steps += 1
+    cpu = time.process_time() - cpu0
+    model.eval()
+    with torch.no_grad():
+        log_p = torch.cat([model.classify(x_test[i : i + 250]) for i in range(0, len(x_test), 250)])
+    acc = (log_p.argmax(1) == y_test).float().mean().item()
+    nll = -log_p[torch.arange(len(y_test)), y_test].mean().item()
+    return {
+        "method": method,
+        "family": family,
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
+        "labels": len(labelled),
+        "draw": draw,
+        "labelled_rows_sha": hash_rows(labelled),
+        "test_accuracy": acc,
+        "test_error": 1.0 - acc,
+        "test_nll": nll,
+        "steps": steps,
+        "train_cpu_seconds": round(cpu, 1),
+        "train_wall_seconds": round(time.monotonic() - wall0, 1),
+        "budget_cpu_seconds": budget,
+        "unlabelled_batch": args.unlabelled_batch if use_unlabelled else 0,
+        "labelled_batch": args.labelled_batch,
+        "threads": torch.get_num_threads(),
+        "dataset_fingerprint": data.fingerprint,
+    }
+
+
+def hash_rows(rows: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.asarray(rows, np.int64).tobytes()).hexdigest()[:16]
+
+
+def write_tables(meta: dict, results: Path = RESULTS) -> dict:
+    runs = [json.loads(f.read_text()) for f in sorted((results / ROWS.name).glob("*.json"))]
+    summary: dict[str, dict] = {}
+    for r in runs:
+        key = f"{r['method']}@{r['labels']}"
+        summary.setdefault(key, {"method": r["method"], "labels": r["labels"], "runs": []})
+        summary[key]["runs"].append(r)
+    for s in summary.values():
+        accs = [r["test_accuracy"] for r in s["runs"]]
+        s["mean_accuracy"] = statistics.fmean(accs)
+        s["sd_accuracy"] = statistics.stdev(accs) if len(accs) > 1 else float("nan")
+        s["draws"] = len(accs)
+        s["mean_steps"] = statistics.fmean(r["steps"] for r in s["runs"])
+        s["budget_cpu_seconds"] = s["runs"][0]["budget_cpu_seconds"]
+    (results / "semisupervised.json").write_text(
+        json.dumps({"meta": meta, "summary": summary}, indent=1)
+    )
+    lines = [
+        "# Semi-supervised classification: few labels on the bundled MNIST",
+        "",
+        "Test accuracy (500 digits) of the FINAL weights after a fixed CPU budget per run (no",
+        "selection on validation or test), mean ± sd over label draws. Written by",
+        "`benchmarks/semisupervised.py`; the method is in its docstring.",
+        "",
+        "| method | train labels | test accuracy | draws | steps (mean) | CPU-s / run |",
+        "|---|---|---|---|---|---|",
+    ]
+    order = [*METHODS, *SUPERVISED]
+    for s in sorted(summary.values(), key=lambda s: (s["labels"], order.index(s["method"]))):
+        sd = "" if s["draws"] < 2 else f" ± {100 * s['sd_accuracy']:.1f}"
+        lines.append(
+            f"| {s['method']} | {s['labels']} | {100 * s['mean_accuracy']:.1f}%{sd} | "
+            f"{s['draws']} | {s['mean_steps']:.0f} | {s['budget_cpu_seconds']:g} |"
+        )
+    lines += [
+        "",
+        f"Data: {meta['dataset']} (fingerprint {meta['dataset_fingerprint'][:12]}), "
+        f"{meta['threads']} thread(s), {meta['machine']}. Published (full MNIST, 60,000 digits, "
+        "100 labels): K+1 GAN with feature matching 0.93% error (Salimans et al. 2016); "
+        "M2 11.97% error, M1+M2 3.33% (Kingma et al. 2014).",
+    ]
+    (results / "semisupervised.md").write_text("\n".join(lines) + "\n")
+    return summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--method", action="append", choices=[*METHODS, *SUPERVISED])
+    ap.add_argument("--labels", action="append", type=int, help="train labels (default 100, 1000)")
+    ap.add_argument("--draws", type=int, default=5, help="label draws per setting")
+    ap.add_argument("--budget", type=float, default=240.0, help="CPU-s per semi-supervised run")
+    ap.add_argument("--baseline-budget", type=float, help="CPU-s per baseline run (budget/4)")
+    ap.add_argument("--unlabelled-batch", type=int, default=100)
+    ap.add_argument("--labelled-batch", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--table", action="store_true", help="only rewrite the tables from the rows")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="where rows and tables go")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    methods = args.method or [*METHODS, *SUPERVISED]
+    settings = args.labels or [100, 1000]
+    baseline_budget = args.baseline_budget or args.budget / 4
+
+    from pipelines.data import prepare_dataset
+    from pipelines.uses import ArrayDataset
+
+    data = ArrayDataset(prepare_dataset("mnist", binarize="fixed", seed=args.seed))  # no Ray
+    meta = {
+        "dataset": data.name,
+        "dataset_fingerprint": data.fingerprint,
+        "threads": args.threads,
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "m2_alpha": M2_ALPHA,
+    }
+    rows_dir = args.results / ROWS.name
+    rows_dir.mkdir(parents=True, exist_ok=True)
+    if not args.table:
+        for method in methods:
+            runs = (
+                [(len(data.numpy("train")[1]), 0)]
+                if method in SUPERVISED
+                else [(n, d) for n in settings for d in range(args.draws)]
+            )
+            for n, d in runs:
+                budget = args.budget if METHODS.get(method, (0, 0, False))[2] else baseline_budget
+                row = train_run(method, n, d, data, budget, args)
+                (rows_dir / f"{method}-{n}-{d}.json").write_text(json.dumps(row))
+                print(
+                    f"{method} labels={n} draw={d}: test accuracy {100 * row['test_accuracy']:.1f}% "
+                    f"({row['steps']} steps, {row['train_cpu_seconds']} CPU-s)",
+                    flush=True,
+                )
+    summary = write_tables(meta, args.results)
+    for s in summary.values():
+        print(f"{s['method']}@{s['labels']}: {100 * s['mean_accuracy']:.1f}% over {s['draws']}")
+
+
+if __name__ == "__main__":
+    main()
