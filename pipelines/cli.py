@@ -5,7 +5,7 @@
     genmodels train    --family made --dataset mnist [--config FILE] [--set KEY=VALUE ...]
     genmodels tune     --family vae  --dataset mnist --num-samples 8
     genmodels evaluate --model made-mnist [--ref champion] [--split test]
-    genmodels sample   --model made-mnist --n 64 --out samples.png
+    genmodels sample   --model made-mnist --n 64 --out samples.png [--label 3]
     genmodels serve    [--port 8000]
     genmodels submit   --address http://HOST:8265 [--token-file F] -- train --family made ...
     genmodels demo
@@ -369,15 +369,27 @@ def cmd_sample(args) -> int:
             f"bad value {args.out!r} for --out: give a .png or .jpg file (a picture of the "
             "samples) or a .npy file (the samples as an array)"
         )
+    labels = _parse_labels(args.label) if args.label is not None else None
     model, info = _load(args, _registry_uri(args))
     if not 1 <= args.n <= model.sample_limit:
         raise CLIError(f"bad value {args.n} for --n (1..{model.sample_limit} for {model.family})")
+    if labels is not None and "condition:label" not in model.capabilities:
+        raise CLIError(
+            f"{args.model} v{info['version']} is not label-conditional (no condition:label "
+            f"capability; it has: {', '.join(sorted(model.capabilities))}): drop --label"
+        )
+    rows = None
+    if labels is not None:  # one label for every sample, or a list repeated in turn
+        rows = torch.tensor([labels[i % len(labels)] for i in range(args.n)], dtype=torch.long)
+        model.check_condition({"label": rows})
     from tqdm import tqdm
 
     g, chunks = torch.Generator().manual_seed(args.seed), []
     with torch.no_grad(), tqdm(total=args.n, desc=f"sampling {args.model}", unit="sample") as bar:
         for start in range(0, args.n, 16):  # chunks, so slow sequential samplers show progress
-            chunks.append(model.sample(min(16, args.n - start), generator=g))
+            m = min(16, args.n - start)
+            cond = None if rows is None else {"label": rows[start : start + m]}
+            chunks.append(model.sample(m, generator=g, condition=cond))
             bar.update(len(chunks[-1]))
     x = torch.cat(chunks)
     if suffix == ".npy":
@@ -388,11 +400,23 @@ def cmd_sample(args) -> int:
         np.save(path, x.numpy(), allow_pickle=False)
     else:
         path = save_grid(x.numpy(), model.input_shape, model.levels, args.out)
+    given = "" if labels is None else f" given label {','.join(map(str, labels))}"
     print(
-        f"{args.n} samples of {args.model} v{info['version']} written to {path} "
+        f"{args.n} samples of {args.model} v{info['version']}{given} written to {path} "
         f"({SAMPLE_FORMATS[suffix]})"
     )
     return 0
+
+
+def _parse_labels(text: str) -> list[int]:
+    """``--label``: one class (``3``) or a comma list (``1,2,5``) of integers."""
+    try:
+        labels = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise CLIError(
+            f"bad value {text!r} for --label (a class number, or a comma list such as 1,2,5)"
+        ) from None
+    return labels
 
 
 def cmd_serve(args) -> int:
@@ -611,6 +635,12 @@ def make_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="where to write them: .png or .jpg (a grid picture) or .npy (an array); "
         "default samples.png",
+    )
+    sp.add_argument(
+        "--label",
+        metavar="Y[,Y...]",
+        help="a label-conditional model's class for every sample, or a comma list used in turn "
+        "(1,2 gives 1,2,1,2,...)",
     )
     add_registry_option(sp)
 
