@@ -7,7 +7,8 @@ and registers the best model. Each worker runs ``train_loop``:
   (``ray.train.torch.prepare_model``), and every phase the family declares is stepped in order
   with its own optimiser (``model(batch, phase=p)["loss"]``);
 * every epoch: the validation log-likelihood (all-reduced over ranks), early stopping on it
-  with ``patience``, the best weights kept, and a checkpoint holding the model, the optimisers,
+  with ``patience``, the best weights kept (the selection rule: ``selection_rule``; a run with a
+  label budget, ``labels_per_class``, selects nothing and keeps the final epoch), and a checkpoint holding the model, the optimisers,
   the epoch, the early-stopping state and, per rank, the RNG state and the family's
   ``rank_state()`` (``rank<r>.pt``; Ray merges every rank's files into one checkpoint
   directory). After a worker failure Ray restarts the group (``FailureConfig``) and the loop
@@ -68,6 +69,9 @@ class TrainSpec:
     torch_threads: int | None = None
     seed: int = 0
     limit: int | None = None
+    # Semi-supervised: keep N train labels per class (seeded draw), every other label -1; the run
+    # then keeps its final epoch (no selection on validation data or the yardstick).
+    labels_per_class: int | None = None
     max_steps_per_epoch: int | None = None
     tracking_uri: str | None = None
     experiment: str = "genmodels"
@@ -104,6 +108,13 @@ class TrainSpec:
             "yardstick_samples": (self.yardstick_samples >= 2, ">= 2"),
             "seed": (self.seed >= 0, ">= 0"),
             "limit": (optional(self.limit, lambda v: v >= 3), ">= 3 rows"),
+            "labels_per_class": (
+                optional(
+                    self.labels_per_class,
+                    lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                ),
+                "an integer >= 1: labels kept per class",
+            ),
             "max_steps_per_epoch": (optional(self.max_steps_per_epoch, lambda v: v >= 1), ">= 1"),
             "cpus_per_worker": (optional(self.cpus_per_worker, lambda v: v > 0), "> 0"),
             "torch_threads": (optional(self.torch_threads, lambda v: v >= 1), ">= 1"),
@@ -232,15 +243,40 @@ def _numeric(info: dict[str, Any], prefix: str) -> dict[str, float]:
     }
 
 
+FINAL_EPOCH_LABELS = "final-epoch (labels_per_class)"
+
+
+def selection_rule(spec: TrainSpec, likelihood: str, has_yardstick: bool) -> str:
+    """How a run picks the weights it tests and registers (tagged on the run as ``selection``).
+
+    * ``val-log-likelihood``: the best validation log-likelihood (a family with one);
+    * ``val-fd (yardstick)``: the best validation FD of the yardstick (a family without one);
+    * ``final-epoch (labels_per_class)``: a run with a label budget selects on nothing, whatever
+      the family: the validation labels are hidden and the yardstick was trained on every
+      label, so it may judge after training but never choose. The last epoch is kept (a fixed
+      schedule: no early stopping either);
+    * ``final-epoch (no validation metric)``: nothing to select on.
+    """
+    if spec.labels_per_class is not None:
+        return FINAL_EPOCH_LABELS
+    if likelihood != "none":
+        return "val-log-likelihood"
+    return "val-fd (yardstick)" if has_yardstick else "final-epoch (no validation metric)"
+
+
 def _validate(module, shard, spec: TrainSpec, device, yardstick, rank: int) -> dict[str, Any]:
-    """This epoch's validation: ``val_score`` (higher is better; the selection metric) and the
-    metrics behind it — the log-likelihood where the family has one, else the yardstick's FD."""
+    """This epoch's validation: ``val_score`` (higher is better; the selection metric, NaN when
+    the rule is a final epoch) and the metrics behind it — the log-likelihood where the family
+    has one (reported even when it does not select: it reads no label), else the yardstick's
+    FD (only when it selects)."""
+    rule = selection_rule(spec, module.likelihood, yardstick is not None)
     info = module.prepare_scoring(torch.Generator().manual_seed(spec.seed + 4242), final=False)
     out: dict[str, Any] = _numeric(info, "val_scoring_")
     if module.likelihood != "none":
         val = _score_split(module, shard, spec, device, seed=spec.seed + 12345)
-        out.update(val_log_prob=val["log_prob"], val_bpd=val["bpd"], val_score=val["log_prob"])
-    elif yardstick is not None:
+        out.update(val_log_prob=val["log_prob"], val_bpd=val["bpd"])
+        out["val_score"] = val["log_prob"] if rule == "val-log-likelihood" else math.nan
+    elif rule == "val-fd (yardstick)":
         q = None
         if rank == 0:
             q, _ = yardstick.evaluate(module, "validation", seed=spec.seed + 12345)
@@ -362,8 +398,8 @@ def train_loop(cfg: dict[str, Any]) -> None:
 
         yardstick = Yardstick.from_payload(cfg["yardstick"])
 
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("validation")
+    train_shard = _shard("train", cfg, rank)
+    val_shard = _shard("validation", cfg, rank)
     run_start, first_epoch = time.monotonic(), state["epoch"]
     while state["epoch"] < spec.epochs and not state["stopped"]:
         epoch, t0 = state["epoch"], time.monotonic()
@@ -477,9 +513,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
         **_numeric(settled, "scoring_"),
     }
     if module.likelihood != "none":
-        test = _score_split(
-            module, ray.train.get_dataset_shard("test"), spec, device, spec.seed + 999
-        )
+        test = _score_split(module, _shard("test", cfg, rank), spec, device, spec.seed + 999)
         final.update(
             val_log_prob=state["best_val"],
             best_val_log_prob=state["best_val"],
@@ -504,6 +538,28 @@ def train_loop(cfg: dict[str, Any]) -> None:
         _log_pictures(module, spec, state, mlflow_client, cfg["run_id"])
     # A checkpoint rides along so ``Result.metrics`` (the latest checkpointed report) is this one.
     _report_with_checkpoint(module, optimizers, best_state, state, final, rank, data_gen, extra)
+
+
+class _ProbedShard:
+    """A dataset shard whose every batch passes through ``probe(split, rank, batch)`` before the
+    worker uses it (a test hook: see ``build_trainer``'s ``probe``)."""
+
+    def __init__(self, shard, split: str, rank: int, probe) -> None:
+        self._shard, self._split, self._rank, self._probe = shard, split, rank, probe
+
+    def iter_torch_batches(self, **kw):
+        for batch in self._shard.iter_torch_batches(**kw):
+            self._probe(self._split, self._rank, batch)
+            yield batch
+
+
+def _shard(split: str, cfg: dict[str, Any], rank: int):
+    """This worker's shard of ``split`` (probed when the run has a probe)."""
+    import ray.train
+
+    shard = ray.train.get_dataset_shard(split)
+    probe = cfg.get("probe")
+    return shard if probe is None else _ProbedShard(shard, split, rank, probe)
 
 
 def _say(cfg: dict[str, Any], line: str) -> None:
@@ -597,12 +653,14 @@ def build_trainer(
     yardstick=None,
     progress=None,
     prefix: str = "[genmodels]",
+    probe=None,
     **run_kw,
 ):
     """The ``TorchTrainer`` for ``spec`` over the loaded dataset ``data`` (``yardstick``: a
     ``pipelines.quality.Yardstick`` the workers use for sample quality, or ``None``;
     ``progress``: a ``pipelines.runtime.ProgressChannel`` for rank 0's epoch lines, each starting
-    with ``prefix``).
+    with ``prefix``; ``probe``: a test hook, a picklable ``probe(split, rank, batch)`` that every
+    worker calls on every batch it takes from a split, before using it).
 
     Starting the worker group is bounded: each attempt waits ``spec.start_timeout_s`` for its
     resources (``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S`` unless set) and at most
@@ -634,6 +692,7 @@ def build_trainer(
         "yardstick": yardstick.payload() if yardstick is not None else None,
         "progress": progress,
         "prefix": prefix,
+        "probe": probe,
         # Past this wall-clock time the workers stop after the epoch (best weights still tested).
         "deadline": (time.time() + spec.timeout_s) if spec.timeout_s else None,
     }
@@ -661,7 +720,13 @@ def prepare_data(spec: TrainSpec):
     """``spec``'s dataset read, checked and split without Ray (a ``PreparedDataset``)."""
     from .data import prepare_dataset
 
-    return prepare_dataset(spec.dataset, binarize=spec.binarize, seed=spec.seed, limit=spec.limit)
+    return prepare_dataset(
+        spec.dataset,
+        binarize=spec.binarize,
+        seed=spec.seed,
+        limit=spec.limit,
+        labels_per_class=spec.labels_per_class,
+    )
 
 
 def registered_name(spec: TrainSpec, data) -> str:
@@ -670,12 +735,18 @@ def registered_name(spec: TrainSpec, data) -> str:
     return spec.registered_name or f"{spec.family}-{data.name}"
 
 
-def run_training(spec: TrainSpec, data=None, progress=None) -> TrainOutcome:
+def run_training(spec: TrainSpec, data=None, progress=None, probe=None) -> TrainOutcome:
     """Train, log to MLflow, register: the whole driver path of ``genmodels train``.
 
     ``data``: the dataset already prepared (``prepare_data``) or loaded, else it is read here;
     ``progress``: a ``pipelines.runtime.ProgressChannel`` that gets rank 0's epoch lines (they
-    are printed by the worker otherwise). The fit is bounded by ``spec.timeout_s``.
+    are printed by the worker otherwise); ``probe``: a test hook (see ``build_trainer``). The fit
+    is bounded by ``spec.timeout_s``.
+
+    With a label budget (``spec.labels_per_class``) the run is tagged with its draw
+    (``labels_per_class``, ``labels_seed``, ``labels_kept``, ``labels_rows_sha256``) and its
+    ``selection`` rule (the final epoch); the yardstick, a judge trained on every label, is
+    built from the driver's ``all_labels()`` view and only scores the final weights.
     """
     from .runtime import run_bounded
 
@@ -684,7 +755,12 @@ def run_training(spec: TrainSpec, data=None, progress=None) -> TrainOutcome:
     spec = dataclasses.replace(spec, tracking_uri=tracking_uri)
     if data is None:
         data = prepare_data(spec)
+    judge_data = None  # the yardstick's view of the data: every label (driver only)
     if hasattr(data, "to_ray"):
+        if getattr(data, "label_rows", None) is not None:
+            from .uses import ArrayDataset
+
+            judge_data = ArrayDataset(data.all_labels())
         data = data.to_ray()
     if spec.register:  # a clash costs the user nothing yet: say so before training
         registry.check_name(
@@ -703,18 +779,27 @@ def run_training(spec: TrainSpec, data=None, progress=None) -> TrainOutcome:
         client.log_param(run_id, key, str(value)[:500])
     client.set_tag(run_id, "dataset_fingerprint", data.fingerprint)
     client.set_tag(run_id, "preprocessing", json.dumps(data.preprocessing, sort_keys=True))
+    budget = data.preprocessing.get("labels")
+    if budget:
+        for key in ("per_class", "seed", "kept", "rows_sha256"):
+            tag = "labels_per_class" if key == "per_class" else f"labels_{key}"
+            client.set_tag(run_id, tag, str(budget[key]))
     try:
         yardstick = None
         if spec.yardstick:
             from .quality import yardstick_for
 
-            yardstick = yardstick_for(data, seed=spec.seed, max_reference=spec.yardstick_samples)
+            yardstick = yardstick_for(
+                judge_data or data, seed=spec.seed, max_reference=spec.yardstick_samples
+            )
             if yardstick is None:
                 print(f"[genmodels] {data.name} has no labels: no sample-quality yardstick")
             else:
                 client.set_tag(run_id, "yardstick", json.dumps(yardstick.info, default=float))
+        likelihood = genmodels.family_class(spec.family).likelihood
+        client.set_tag(run_id, "selection", selection_rule(spec, likelihood, yardstick is not None))
         trainer = build_trainer(
-            spec, data, run_id, tracking_uri, yardstick, progress=progress, name=name
+            spec, data, run_id, tracking_uri, yardstick, progress=progress, name=name, probe=probe
         )
         result = run_bounded(
             trainer.fit,

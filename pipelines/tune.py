@@ -129,6 +129,11 @@ def run_tuning(
     from .train import check_resources, prepare_data, registered_name
 
     spec.validate()
+    if spec.labels_per_class is not None:  # trials are chosen on validation scores
+        raise ValueError(
+            f"labels_per_class={spec.labels_per_class}: a run with a label budget selects on "
+            "nothing (see pipelines.train.selection_rule); tune cannot, train instead"
+        )
     if num_samples < 1:
         raise ValueError(f"bad value {num_samples!r} for 'num_samples'")
     tracking_uri = registry.resolve_tracking_uri(spec.tracking_uri)
