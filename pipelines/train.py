@@ -7,12 +7,12 @@ and registers the best model. Each worker runs ``train_loop``:
   (``ray.train.torch.prepare_model``), and every phase the family declares is stepped in order
   with its own optimiser (``model(batch, phase=p)["loss"]``);
 * every epoch: the validation log-likelihood (all-reduced over ranks), early stopping on it
-  with ``patience``, the best weights kept (the selection rule: ``selection_rule``; a run with a
-  label budget, ``labels_per_class``, selects nothing and keeps the final epoch), and a checkpoint holding the model, the optimisers,
-  the epoch, the early-stopping state and, per rank, the RNG state and the family's
-  ``rank_state()`` (``rank<r>.pt``; Ray merges every rank's files into one checkpoint
-  directory). After a worker failure Ray restarts the group (``FailureConfig``) and the loop
-  resumes at the next epoch from the latest checkpoint;
+  with ``patience``, the best weights kept (the rule: ``selection_rule``; a run with a label
+  budget, ``labels_per_class``, selects nothing and keeps the final epoch), and a checkpoint
+  holding the model, the optimisers, the epoch, the early-stopping state and, per rank, the RNG
+  state and the family's ``rank_state()`` (``rank<r>.pt``; Ray merges every rank's files into
+  one checkpoint directory). After a worker failure Ray restarts the group (``FailureConfig``)
+  and the loop resumes at the next epoch from the latest checkpoint;
 * at the end: the test split scored once with the best weights (nats/example and bits/dim),
   and rank 0 logs a time-capped sample grid and the learning curve (PNGs) to MLflow.
 
