@@ -52,7 +52,7 @@ def tiny_model(family: str) -> dict:
 
 
 @pytest.mark.parametrize("sync", [True, False])
-@pytest.mark.parametrize("family", ["made", "gan", "avb", "aae"])
+@pytest.mark.parametrize("family", ["made", "gan", "avb", "aae", "ssgan", "m2vae"])
 def test_two_workers_end_with_identical_parameters_only_when_synchronised(
     tmp_path, digits, family, sync
 ):
