@@ -1,0 +1,241 @@
+"""Class-conditional generation: does each conditional family make the digit it is asked for?
+
+Each entry (the conditional variant, ``conditional=True``, of GAN = AC-GAN, VAE = CVAE, MADE and
+PixelCNN, with the pinned configs of ``benchmarks/nll.py``) trains on the bundled MNIST subset
+(4,000 train digits, fixed binarisation, every label) with a plain PyTorch loop for ``--budget``
+CPU-seconds (this process, all threads) and keeps its final weights (a fixed schedule: nothing is
+selected on validation or test). Then, for each class c of 0..9, ``--per-class`` samples are drawn
+with ``condition={"label": c}`` and judged by the shared yardstick classifier
+(``pipelines.quality``, trained on the real train split):
+
+* **conditional accuracy**: the share of samples the yardstick classifies as the requested class
+  (chance 10%), per class and on average;
+* **per-class FD**: the yardstick Fréchet distance between the class-c samples and the same number
+  of class-c train digits, averaged over classes (per class in the JSON rows);
+* **train on synthetic, test on real** (TSTR): a fresh yardstick-architecture classifier trained
+  on the generated, labelled samples (at least 10 epochs and 300 steps, seeded) and tested on the 500 real test digits.
+
+Baseline row ``real`` in the same table, at the same counts: the yardstick's accuracy on
+``--per-class`` real test digits per class (the ceiling of conditional accuracy), the FD of those
+test digits to the class-c train digits (the floor of per-class FD at this sample count), and the
+same TSTR classifier trained on ``--per-class`` real train digits per class.
+
+    python benchmarks/conditional.py                       # every entry, 240 CPU-s each
+    python benchmarks/conditional.py --family made --budget 30 --per-class 20 --smoke
+
+Rows go to ``benchmarks/results/conditional/<entry>.json`` and the table to
+``benchmarks/results/conditional.md`` (``--smoke`` writes under ``conditional-smoke``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import nll
+
+import genmodels
+from genmodels.quality import _features_and_logits, frechet_distance, train_yardstick
+
+NUM_CLASSES = 10
+# entry -> (family, config): the likelihood benchmark's pinned configs, made conditional.
+ENTRIES: dict[str, tuple[str, dict]] = {
+    "gan-acgan": ("gan", nll.ENTRIES["gan"][2]),
+    "vae-cvae": ("vae", nll.ENTRIES["vae"][2]),
+    "made": ("made", nll.ENTRIES["made"][2]),
+    "pixelcnn": ("pixelcnn", nll.ENTRIES["pixelcnn"][2]),
+}
+
+
+def train(entry: str, data, budget_s: float, batch_size: int, seed: int):
+    """The entry's conditional model after ``budget_s`` CPU-seconds of training (final weights)."""
+    family, config = ENTRIES[entry]
+    torch.manual_seed(seed)
+    model = genmodels.build(
+        family, data.input_shape, data.levels, conditional=True, num_classes=NUM_CLASSES, **config
+    )
+    opt = model.configure_optimizers()
+    x_np, y_np = data.numpy("train")
+    x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
+    g = torch.Generator().manual_seed(seed)
+    spent, steps, epochs, wall0 = 0.0, 0, 0, time.monotonic()
+    model.train()
+    while spent < budget_s:
+        cpu0 = time.process_time()
+        for idx in torch.randperm(len(x), generator=g).split(batch_size):
+            if spent + time.process_time() - cpu0 >= budget_s:
+                break
+            batch = {"x": x[idx], "y": y[idx]}
+            for phase in model.phases:
+                opt[phase].zero_grad(set_to_none=True)
+                model(batch, phase=phase)["loss"].backward()
+                opt[phase].step()
+            steps += 1
+        spent += time.process_time() - cpu0
+        epochs += 1
+        print(f"{entry}: epoch {epochs} ({spent:.0f} CPU s, {steps} steps)", flush=True)
+    facts = {
+        "train_cpu_seconds": round(spent, 1),
+        "train_wall_seconds": round(time.monotonic() - wall0, 1),
+        "steps": steps,
+        "epochs": epochs,
+    }
+    return model.eval(), facts
+
+
+def judge(yardstick, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The yardstick's features ``(N, F)`` and predicted classes ``(N,)``."""
+    feats, logits = _features_and_logits(yardstick.classifier.eval(), x.float(), 500)
+    return feats, logits.argmax(1)
+
+
+def scores(yardstick, data, x: torch.Tensor, y: torch.Tensor, seed: int, tstr: bool = True) -> dict:
+    """Conditional accuracy, per-class FD to the class's train digits, and TSTR accuracy of
+    labelled examples ``x``, ``y`` (generated, or the real baseline's)."""
+    x_train, y_train = (torch.from_numpy(a) for a in data.numpy("train"))
+    x_test, y_test = (torch.from_numpy(a) for a in data.numpy("test"))
+    feats, pred = judge(yardstick, x)
+    acc, fds = [], []
+    for c in range(NUM_CLASSES):
+        rows = y == c
+        acc.append((pred[rows] == c).float().mean().item())
+        ref = x_train[y_train == c][: int(rows.sum())]
+        fds.append(frechet_distance(feats[rows], judge(yardstick, ref)[0]))
+    out = {
+        "cond_accuracy": float(np.mean(acc)),
+        "cond_accuracy_per_class": acc,
+        "class_fd": float(np.mean(fds)),
+        "class_fd_per_class": fds,
+    }
+    if tstr:
+        epochs = max(10, math.ceil(300 * 64 / len(x)))  # at least 300 steps of 64 examples
+        clf, _ = train_yardstick(
+            x.float(),
+            y,
+            tuple(data.input_shape),
+            data.levels,
+            NUM_CLASSES,
+            seed=seed,
+            epochs=epochs,
+        )
+        with torch.no_grad():
+            out["tstr_accuracy"] = (clf(x_test.float()).argmax(1) == y_test).float().mean().item()
+    return out
+
+
+def run_entry(entry: str, data, yardstick, args) -> dict:
+    model, facts = train(entry, data, args.budget, args.batch_size, args.seed)
+    labels = torch.arange(NUM_CLASSES).repeat_interleave(args.per_class)
+    g = torch.Generator().manual_seed(args.seed + 1)
+    cpu0, parts = time.process_time(), []
+    with torch.no_grad():
+        for chunk in labels.split(100):
+            parts.append(model.sample(len(chunk), generator=g, condition={"label": chunk}))
+    sample_cpu = time.process_time() - cpu0
+    x = torch.cat(parts).float()
+    row = {
+        "entry": entry,
+        "family": ENTRIES[entry][0],
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in ENTRIES[entry][1].items()},
+        **facts,
+        "per_class": args.per_class,
+        "sample_cpu_s_per_100": round(100 * sample_cpu / len(x), 2),
+        **scores(yardstick, data, x, labels, args.seed),
+        "yardstick": yardstick.method,
+        "dataset_fingerprint": data.fingerprint,
+    }
+    print(
+        f"{entry}: accuracy {row['cond_accuracy']:.3f}, class FD {row['class_fd']:.2f}, "
+        f"TSTR {row['tstr_accuracy']:.3f}",
+        flush=True,
+    )
+    return row
+
+
+def real_baseline(data, yardstick, args) -> dict:
+    """The same measures on real digits: test digits judged, train digits for TSTR."""
+    x_test, y_test = (torch.from_numpy(a) for a in data.numpy("test"))
+    x_train, y_train = (torch.from_numpy(a) for a in data.numpy("train"))
+    pick_test, pick_train = [], []
+    for c in range(NUM_CLASSES):
+        pick_test.append((y_test == c).nonzero().squeeze(1)[: args.per_class])
+        pick_train.append((y_train == c).nonzero().squeeze(1)[-args.per_class :])
+    t, r = torch.cat(pick_test), torch.cat(pick_train)
+    judged = scores(yardstick, data, x_test[t], y_test[t], args.seed, tstr=False)
+    tstr = scores(yardstick, data, x_train[r], y_train[r], args.seed)["tstr_accuracy"]
+    return {"entry": "real", **judged, "tstr_accuracy": tstr, "per_class_test": len(t)}
+
+
+def write_table(rows: dict, base: dict, out: Path, meta: dict) -> None:
+    lines = [
+        "# Class-conditional generation (bundled MNIST, binarised)",
+        "",
+        f"Training: {meta['budget']} CPU-s per entry, final weights; {meta['per_class']} samples "
+        f"per class; judge: {meta['yardstick']}. Chance accuracy 0.10.",
+        "",
+        "| entry | cond. accuracy | class FD (lower better) | TSTR accuracy | train CPU-s "
+        "| sample CPU-s / 100 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for e, r in rows.items():
+        lines.append(
+            f"| {e} | {r['cond_accuracy']:.3f} | {r['class_fd']:.2f} | {r['tstr_accuracy']:.3f} "
+            f"| {r['train_cpu_seconds']} | {r['sample_cpu_s_per_100']} |"
+        )
+    lines.append(
+        f"| real digits (baseline) | {base['cond_accuracy']:.3f} | {base['class_fd']:.2f} "
+        f"| {base['tstr_accuracy']:.3f} | - | - |"
+    )
+    out.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--family", action="append", help="entry (repeatable); default every entry")
+    ap.add_argument("--budget", type=float, default=240.0, help="training CPU-s per entry")
+    ap.add_argument("--per-class", type=int, default=100, help="samples per class")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true", help="write under conditional-smoke")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    entries = args.family or list(ENTRIES)
+    unknown = [e for e in entries if e not in ENTRIES]
+    if unknown:
+        raise SystemExit(f"unknown entry {unknown}; known: {', '.join(ENTRIES)}")
+    if args.per_class < 3:
+        raise SystemExit("--per-class must be >= 3 (a covariance per class)")
+
+    from pipelines.data import prepare_dataset
+    from pipelines.quality import yardstick_for
+    from pipelines.uses import ArrayDataset
+
+    data = ArrayDataset(prepare_dataset("mnist", binarize="fixed", seed=args.seed))  # no Ray
+    yardstick = yardstick_for(data, seed=args.seed)
+    name = "conditional-smoke" if args.smoke else "conditional"
+    rows_dir = nll.RESULTS / name
+    rows_dir.mkdir(parents=True, exist_ok=True)
+    base = real_baseline(data, yardstick, args)
+    (rows_dir / "real.json").write_text(json.dumps(base))
+    for entry in entries:
+        row = run_entry(entry, data, yardstick, args)
+        (rows_dir / f"{entry}.json").write_text(json.dumps(row))
+    rows = {f.stem: json.loads(f.read_text()) for f in sorted(rows_dir.glob("*.json"))}
+    rows = {e: rows[e] for e in ENTRIES if e in rows and rows[e].get("per_class") == args.per_class}
+    meta = {"budget": args.budget, "per_class": args.per_class, "yardstick": yardstick.method}
+    write_table(rows, base, nll.RESULTS / f"{name}.md", meta)
+    print(f"table: {nll.RESULTS / f'{name}.md'}")
+
+
+if __name__ == "__main__":
+    main()
