@@ -140,3 +140,95 @@ def test_impute_input_errors(http, body, status, fragment):
     if r.status_code == 422 and "no capability 'impute'" in r.text:
         pytest.skip("made cannot impute yet")
     assert fragment in _error(r, status)
+
+
+# ------------------------------------------------------------------------------ classify
+def _in_replica(fn):
+    """Run ``fn(replica_actor)`` inside this module's app replica (one replica)."""
+    import ray
+    from ray.util.state import list_actors
+
+    cls = f"ServeReplica:{APP}:GenModelsServer"
+    (actor,) = list_actors(filters=[("class_name", "=", cls), ("state", "=", "ALIVE")])
+    return ray.get(ray.get_actor(actor.name, namespace="serve").__ray_call__.remote(fn), timeout=60)
+
+
+@pytest.fixture(scope="module")
+def classifier(http, store):
+    """A test-only family with the classify capability (``tests/pipelines/classify_family.py``),
+    4 classes, registered as ``probeclf-toy`` and installed here and in the app's replica
+    (where its versions are loaded); uninstalled here afterwards."""
+    from tests.pipelines import classify_family
+
+    classify_family.install()
+
+    def install(replica) -> None:  # runs in the replica (shipped by value)
+        from tests.pipelines import classify_family as family
+
+        family.install()
+
+    _in_replica(install)
+    torch.manual_seed(0)
+    model = genmodels.build(classify_family.FAMILY, input_shape=SHAPE, num_classes=4).eval()
+    with torch.no_grad():  # weights large enough that the classes differ per row
+        model.linear.weight.mul_(20)
+    meta = {"dataset": "toy", "fingerprint": "f1", "preprocessing": {}, "method": "none"}
+    c = registry.client(store.uri)
+    run_id = c.create_run(registry.ensure_experiment(store.uri, "serve-uses-test")).info.run_id
+    registry.register_model(store.uri, run_id, model, meta, {"val_score": float("nan")})
+    yield model
+    classify_family.uninstall()
+
+
+def test_classify_returns_each_rows_class_log_probabilities(http, classifier):
+    """(B, K) log-probabilities, each row a distribution (sums to 1), equal to the model's own
+    (flat (B, D) rows accepted); the version lists exactly the capability it has."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 2, (5, *SHAPE), generator=g)
+    r = http.post("/v1/models/probeclf-toy/classify", json={"x": x.flatten(1).tolist()})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["capability"] == "classify" and body["version"] == 1
+    log_probs = torch.tensor(body["log_probs"])
+    assert log_probs.shape == (5, 4)
+    assert torch.allclose(log_probs.exp().sum(1), torch.ones(5), atol=1e-5)
+    want = classifier.classify(x.float())
+    assert torch.allclose(log_probs, want, atol=1e-5)
+    assert len(set(want.argmax(1).tolist())) > 1  # the rows really are told apart
+    one = http.post("/v1/models/probeclf-toy/classify", json={"x": x[:1].tolist()}).json()
+    assert torch.tensor(one["log_probs"]).shape == (1, 4)
+    assert torch.allclose(torch.tensor(one["log_probs"]), want[:1], atol=1e-5)
+    models = {m["name"]: m for m in http.get("/v1/models").json()["models"]}
+    assert models["probeclf-toy"]["versions"]["1"]["capabilities"] == ["classify"]
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"x": [[0] * (D - 1)]}, "x must have shape (B, 1, 3, 4) or (B, 12)"),
+        ({"x": [[2] * D]}, "x values must be integers in 0..1"),
+        ({"x": [[0.5] * D]}, "x values must be integers in 0..1"),
+        ({"x": []}, "at least one example"),
+        ({"x": [[0] * D] * 33}, "over the limit of 32"),
+        ({}, "x: Field required"),
+        ({"x": [[0] * D], "mask": [[1] * D]}, "mask: Extra inputs are not permitted"),
+        ({"x": [[0] * D], "version": 9}, "version"),
+    ],
+)
+def test_classify_input_errors_are_4xx(http, classifier, body, fragment):
+    r = http.post("/v1/models/probeclf-toy/classify", json=body)
+    assert 400 <= r.status_code < 500, r.text
+    assert fragment in r.json()["error"]["message"]
+
+
+def test_classify_on_a_version_without_it_is_422_naming_it(http, classifier):
+    x = torch.zeros(1, D).int().tolist()
+    for name, has in (("vae-toy", "embed"), ("made-toy", "log_prob")):
+        msg = _error(http.post(f"/v1/models/{name}/classify", json={"x": x}), 422)
+        assert f"{name} v1 has no capability 'classify'" in msg and has in msg
+    malformed = http.post(
+        "/v1/models/probeclf-toy/classify",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+    )
+    assert "malformed JSON" in _error(malformed, 400)
