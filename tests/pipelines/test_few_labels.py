@@ -205,7 +205,7 @@ def budget_spec(tmp_path: Path, **kw) -> TrainSpec:
         "dataset": "digits",
         "binarize": "none",  # 17 levels: every digit's pixels are distinct
         "model": TINY["pixelcnn"],
-        "limit": 400,
+        "limit": 200,
         "labels_per_class": 2,
         "epochs": 1,
         "batch_size": 64,
