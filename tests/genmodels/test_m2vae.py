@@ -189,7 +189,7 @@ def two_classes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(flips, 1 - x, x), y
 
 
-def train_few_labels(labels: torch.Tensor, steps: int = 30) -> float:
+def train_few_labels(labels: torch.Tensor, steps: int = 25, swap: bool = False) -> float:
     """``steps`` Adam steps on 32 unlabelled rows + 8 labelled rows per batch; the mean
     probability q(y|x) gives the true class of 400 held-out rows."""
     torch.manual_seed(0)
@@ -212,11 +212,18 @@ def train_few_labels(labels: torch.Tensor, steps: int = 30) -> float:
         opt.step()
     x_test, y_test = two_classes(400, seed=3)
     log_p = model.eval().classify(x_test)
-    return log_p[torch.arange(400), y_test].exp().mean().item()
+    truth = 1 - y_test if swap else y_test  # swap: the labels name the prototypes the other way
+    return log_p[torch.arange(400), truth].exp().mean().item()
 
 
 def test_few_labels_classify_far_above_chance_and_uninformative_labels_do_not():
     right = train_few_labels(torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]))
     assert right > 0.9, right
-    noise = train_few_labels(torch.tensor([0, 1, 0, 1, 0, 1, 0, 1]))  # control
+    # The classes follow the labels, not a lucky split of the clusters: labels that name the
+    # prototypes the other way round give the other classifier.
+    swapped = train_few_labels(torch.tensor([1, 1, 1, 1, 0, 0, 0, 0]), swap=True)
+    assert swapped > 0.9, swapped
+    # Control: the same rows with labels independent of the class (half of each prototype
+    # labelled 0, half 1) teach nothing about the class.
+    noise = train_few_labels(torch.tensor([0, 1, 0, 1, 0, 1, 0, 1]))
     assert 0.3 < noise < 0.7, noise
