@@ -21,7 +21,9 @@ Design, in the order ``load_dataset`` runs:
 
 Every split has a tensor column ``"x"`` (float32, ``input_shape``) and ``"y"`` (int64, -1 when
 unlabeled); ``iter_torch_batches`` yields ``(B, *input_shape)`` float32. The fingerprint hashes the
-raw data, labels and every setting that changes the rows (not the source path).
+raw data, labels and every setting that changes the rows (not the source path). A dataset kind
+with more columns declares them in ``batch_columns`` (pair datasets, ``pipelines.pairs``, add
+``x_target``).
 
 **A label budget** (``labels_per_class=N``, semi-supervised learning): after the split, N train
 rows per class are drawn (stratified, seeded by ``(seed, 2)``; ``draw_labels``) and every other
@@ -86,6 +88,15 @@ class LoadedDataset:
     preprocessing: dict
     source: str = ""  # the source as given, a local path made absolute (evaluate reloads it)
     source_fingerprint: str = ""  # the raw data alone, whatever the split (see prepare_dataset)
+    columns: dict | None = None  # batch_columns of a kind with other columns (pipelines.pairs)
+
+    @property
+    def batch_columns(self) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """The columns of every batch: name → (dtype, per-row shape); ``x`` and ``y`` here, and
+        what a dataset kind adds (a pair dataset: ``x_target``)."""
+        if self.columns is not None:
+            return dict(self.columns)
+        return {"x": ("float32", tuple(self.input_shape)), "y": ("int64", ())}
 
     @property
     def train_is_probabilities(self) -> bool:
@@ -200,6 +211,11 @@ class PreparedDataset:
     rows: dict[str, np.ndarray]
     label_rows: np.ndarray | None = None
 
+    @property
+    def batch_columns(self) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """The columns of every batch: name → (dtype, per-row shape)."""
+        return {"x": ("float32", tuple(self.input_shape)), "y": ("int64", ())}
+
     def visible_labels(self) -> np.ndarray:
         """The labels training may see, one per source row: ``y``, or under a label budget
         ``y`` on ``label_rows`` and -1 everywhere else (other train rows, validation, test)."""
@@ -296,9 +312,23 @@ def prepare_dataset(
 ) -> PreparedDataset:
     """Read, check, quantise and split a dataset without Ray (arguments as ``load_dataset``).
 
+    A pair source (``mnist-edge-paired``, ``pairs:...``) is prepared by ``pipelines.pairs``:
+    its batches add ``x_target`` (see ``batch_columns``).
+
     Raises:
         ValueError: unknown name, missing file, bad setting, bad shapes or values, too-big splits.
     """
+    from . import pairs
+
+    if pairs.is_pair_source(source):
+        return pairs.prepare_pairs(
+            source,
+            binarize=binarize,
+            seed=seed,
+            split_sizes=split_sizes,
+            limit=limit,
+            labels_per_class=labels_per_class,
+        )
     if binarize not in ("fixed", "dynamic", "none"):
         raise ValueError(f"binarize={binarize!r}: expected 'fixed', 'dynamic' or 'none'")
     if not isinstance(seed, int | np.integer) or seed < 0:
