@@ -17,6 +17,7 @@ from . import (  # noqa: F401
     m2vae,
     made,
     nade,
+    pix2pix,
     pixelcnn,
     rbm,
     realnvp,

@@ -13,7 +13,14 @@ attributes, everything the pipelines need to treat it generically:
   ``"impute"``...); ``"sample"`` is added unless ``can_sample`` is False. The class attribute is the
   default; an instance may change its own set in ``__init__`` (e.g. a conditional variant adds
   ``"condition:label"``), and that instance set is what a registered version carries (a tag);
-* ``sample_limit``: the most samples one request may ask for (sequential samplers are slow).
+* ``sample_limit``: the most samples one request may ask for (sequential samplers are slow);
+* ``batch_keys``: the batch columns it trains on (default ``("x",)``; a translator adds
+  ``"x_target"``): a dataset kind declares its ``batch_columns`` and the trainer checks that it
+  has every key before Ray starts;
+* ``directions``: what ``translate`` accepts (``"a2b"``, ``"b2a"``), for a family that translates;
+* ``selection_metric``: for a family with neither a likelihood nor an unconditional ``sample``,
+  the key of ``validation_metrics`` the trainer selects on (higher is better); ``None``: the run
+  keeps its final epoch.
 
 Uses are capabilities: each name in ``CAPABILITIES`` says which protocol method serves it, which
 request fields it takes, whether requests can be pooled into one batch, whether it is random (then
@@ -214,6 +221,9 @@ class GenerativeModel(nn.Module):
     capabilities: ClassVar[frozenset[str]] = frozenset()
     can_sample: ClassVar[bool] = True
     sample_limit: ClassVar[int] = 256
+    batch_keys: ClassVar[tuple[str, ...]] = ("x",)
+    directions: ClassVar[tuple[str, ...]] = ()
+    selection_metric: ClassVar[str | None] = None
 
     def __init__(self, input_shape: tuple[int, ...], levels: int, config: BaseConfig) -> None:
         super().__init__()
@@ -374,6 +384,21 @@ class GenerativeModel(nn.Module):
     ) -> Tensor:
         """``x`` mapped to the other domain (``direction`` names it), where the family translates."""
         raise NotImplementedError(f"{self.family} does not translate")
+
+    def check_direction(self, direction: str) -> str:
+        """``direction`` if the family translates that way, else a ``ValueError`` naming the
+        directions it knows (a 422 over HTTP, exit 2 on the command line)."""
+        if direction not in self.directions:
+            known = ", ".join(self.directions) or "none (it does not translate)"
+            raise ValueError(f"{self.family}: unknown direction {direction!r}; known: {known}")
+        return direction
+
+    def validation_metrics(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Per-example ``(B,)`` validation metrics of one batch (its ``batch_keys`` columns), e.g.
+        ``{"iou": ..., "l1": ...}``; the trainer averages them over the validation split (every
+        rank) and, for a family with neither a likelihood nor an unconditional ``sample``,
+        selects on ``selection_metric`` (higher is better). Default: none."""
+        return {}
 
     def predict(
         self, frames: Tensor, steps: int, generator: torch.Generator | None = None

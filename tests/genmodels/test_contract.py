@@ -59,6 +59,7 @@ TINY = {
     },
     "ssgan": {"latent_dim": 4, "gen_hidden": (8,), "disc_hidden": (8, 8)},
     "m2vae": {"latent_dim": 2, "hidden_sizes": (8,), "eval_k": 8, "eval_chunk": 4},
+    "pix2pix": {"channels": 4, "depth": 2, "disc_channels": 4},
 }
 
 
@@ -100,6 +101,25 @@ def batch(n: int = 6) -> torch.Tensor:
     return torch.bernoulli(torch.full((n, *SHAPE), 0.4), generator=torch.Generator().manual_seed(1))
 
 
+def train_batch(model: genmodels.GenerativeModel, n: int = 6) -> dict[str, torch.Tensor]:
+    """A batch with every column the family trains on (``batch_keys``), each x-shaped."""
+    g = torch.Generator().manual_seed(1)
+    return {k: torch.bernoulli(torch.full((n, *SHAPE), 0.4), generator=g) for k in model.batch_keys}
+
+
+def output(model: genmodels.GenerativeModel, n: int, seed: int, inputs: int = 2) -> torch.Tensor:
+    """What a family generates under a seed: ``sample`` or, for a family without an
+    unconditional sample (``can_sample = False``), ``translate`` of a fixed input batch
+    (``inputs`` seeds it) in its first direction."""
+    g = torch.Generator().manual_seed(seed)
+    if model.can_sample:
+        return model.sample(n, generator=g)
+    x = torch.bernoulli(
+        torch.full((n, *SHAPE), 0.4), generator=torch.Generator().manual_seed(inputs)
+    )
+    return model.translate(x, model.directions[0], generator=g)
+
+
 def randomise(model: genmodels.GenerativeModel, seed: int) -> genmodels.GenerativeModel:
     """Every parameter drawn from N(0, 1): a freshly initialised GAN's outputs all sit near 1/2,
     so its seeded samples hardly depend on its weights (two initialisations gave the same
@@ -123,12 +143,19 @@ class TestContract:
         assert cls.family == family
         assert cls.likelihood in ("exact", "bound", "estimate", "none")
         assert cls.phases and cls.sample_limit > 0
+        assert "x" in cls.batch_keys
+        assert ("translate" in cls.capabilities) == bool(cls.directions)
+        assert (
+            "sample" in genmodels.build(family, SHAPE, **TINY.get(family, {})).capabilities
+        ) == (cls.can_sample)
+        if not cls.can_sample and cls.likelihood == "none":  # the trainer must select on something
+            assert cls.selection_metric is None or isinstance(cls.selection_metric, str)
         cfg = genmodels.make_config(family)
         for key in cls.search_space:  # the search space only names real config keys
             assert key in {f.name for f in dataclasses.fields(cfg)}
 
     def test_sample_shape_and_data_space(self, name):
-        x = tiny(name).sample(5, generator=torch.Generator().manual_seed(0))
+        x = output(tiny(name), 5, seed=0)
         assert x.shape == (5, *SHAPE)
         assert set(x.unique().tolist()) <= {0.0, 1.0}
 
@@ -136,7 +163,7 @@ class TestContract:
         model = tiny(name)
         model.zero_grad()
         for phase in model.phases:  # gradients summed over every phase
-            out = model({"x": batch()}, phase=phase)
+            out = model(train_batch(model), phase=phase)
             assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
             out["loss"].backward()
         for pname, p in model.named_parameters():
@@ -155,11 +182,10 @@ class TestContract:
         clone.load_state_dict(model.state_dict())
         x = batch()
         if model.likelihood == "none":
-            a = model.sample(64, generator=torch.Generator().manual_seed(5))
-            b = clone.sample(64, generator=torch.Generator().manual_seed(5))
+            a, b = output(model, 64, seed=5), output(clone, 64, seed=5)
             assert torch.equal(a, b)
             other = randomise(tiny(name, seed=3).eval(), seed=4)
-            assert not torch.equal(a, other.sample(64, generator=torch.Generator().manual_seed(5)))
+            assert not torch.equal(a, output(other, 64, seed=5))
             return
         a = model.log_prob(x, generator=torch.Generator().manual_seed(5))
         b = clone.log_prob(x, generator=torch.Generator().manual_seed(5))
@@ -170,6 +196,11 @@ class TestContract:
 
     def test_samples_deterministic_under_seed(self, name):
         model = tiny(name).eval()
+        if not model.can_sample:  # a translator is seeded too; another *input* must differ
+            randomise(model, seed=3)
+            a, b = output(model, 8, seed=7), output(model, 8, seed=7)
+            assert torch.equal(a, b) and not torch.equal(a, output(model, 8, seed=7, inputs=3))
+            return
         a = model.sample(8, generator=torch.Generator().manual_seed(7))
         b = model.sample(8, generator=torch.Generator().manual_seed(7))
         c = model.sample(8, generator=torch.Generator().manual_seed(8))
@@ -180,6 +211,14 @@ class TestContract:
         if model.likelihood == "none":
             with pytest.raises(genmodels.NoLikelihoodError):
                 model.log_prob(batch())
+            if "translate" in model.capabilities:  # bad input and an unknown direction
+                d = model.directions[0]
+                with pytest.raises(ValueError, match="shape"):
+                    model.translate(torch.zeros(2, 12), d)
+                with pytest.raises(ValueError, match=r"integers in 0\.\.1"):
+                    model.translate(torch.full((2, *SHAPE), 0.5), d)
+                with pytest.raises(ValueError, match="unknown direction 'sideways'; known: "):
+                    model.translate(batch(2), "sideways")
             return
         res = model.score(batch(4), generator=torch.Generator().manual_seed(0))
         assert res.log_prob.shape == (4,) and (res.log_prob < 0).all()

@@ -1,0 +1,242 @@
+"""pix2pix: paired image-to-image translation with a conditional GAN (Isola, Zhu, Zhou & Efros
+2017, https://arxiv.org/abs/1611.07004).
+
+Given pairs (x, y) of the same scene in two domains, a generator G maps x to y. It is trained on
+L1(G(x), y), which gets the low frequencies right but blurs, plus a conditional adversarial loss:
+a PatchGAN discriminator D sees (x, y) or (x, G(x)) and classifies each patch real or fake, which
+penalises structure at the patch scale. G is a U-Net: an encoder-decoder whose skip connections
+carry the input's detail straight to the output, since input and output share their layout.
+
+Choices here:
+
+* a small U-Net for small images: ``depth`` stride-2 3x3 convolutions down (``channels``,
+  doubling), nearest-neighbour upsampling to the skip's size + 3x3 convolution up, skips
+  concatenated, a 1x1 convolution to logits; LeakyReLU(0.2) down, ReLU up, no normalisation (any
+  H, W works, odd sizes included). D: (x, y) concatenated, two stride-2 3x3 convolutions and a
+  3x3 head to one logit per patch. Weights N(0, 0.02) (as DCGAN/pix2pix).
+* binary data: G's output is a probability p per pixel; the L1 term is |p - y| (``l1_weight``,
+  100 as in the paper), and D never sees probabilities, only Bernoulli draws of them with a
+  straight-through gradient (as ``genmodels.gan``), so it compares binary with binary.
+* two phases, ``("discriminator", "generator")``, one Adam each (betas (0.5, 0.999)).
+* ``translate(x, "a2b")`` is deterministic: the pixels where p > 1/2 (the paper's test-time
+  dropout noise is left out; a seed changes nothing). pix2pix maps one way only: ``"b2a"`` is a
+  ``ValueError`` naming ``a2b``. ``domain_a`` / ``domain_b`` name the domains (labels recorded
+  with the config, e.g. "digit" / "edge"; the data's ``x`` is a, ``x_target`` is b).
+* no likelihood and no unconditional sample (``can_sample = False``): the trainer selects on the
+  validation IoU of the foreground pixels against the true target (``validation_metrics``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import BaseConfig, GenerativeModel, SearchSpec, register
+
+
+@dataclass(frozen=True)
+class Pix2PixConfig(BaseConfig):
+    channels: int = 32  # the U-Net's first width (doubling per level)
+    depth: int = 2  # stride-2 levels of the U-Net
+    disc_channels: int = 32
+    l1_weight: float = 100.0
+    adv_weight: float = 1.0
+    beta1: float = 0.5
+    lr: float = 2e-4
+    domain_a: str = "a"
+    domain_b: str = "b"
+
+
+def foreground_iou(pred: Tensor, truth: Tensor) -> Tensor:
+    """Per-example IoU ``(B,)`` of the foreground (pixels = 1) of two binary batches; two empty
+    foregrounds count as 1."""
+    p, t = pred.flatten(1) > 0.5, truth.flatten(1) > 0.5
+    inter, union = (p & t).sum(1).float(), (p | t).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+def mean_l1(pred: Tensor, truth: Tensor) -> Tensor:
+    """Per-example mean absolute difference ``(B,)``."""
+    return (pred.flatten(1).float() - truth.flatten(1).float()).abs().mean(1)
+
+
+def straight_through_bernoulli(p: Tensor) -> Tensor:
+    """Bernoulli draws of ``p`` forward, the gradient of ``p`` backward."""
+    return torch.bernoulli(p.detach()) + p - p.detach()
+
+
+class UNet(nn.Module):
+    """``(B, C, H, W)`` → logits of the same shape, with skips at every level."""
+
+    def __init__(self, c_in: int, c_out: int, channels: int, depth: int) -> None:
+        super().__init__()
+        widths = [channels * 2**i for i in range(depth + 1)]
+        self.stem = nn.Conv2d(c_in, widths[0], 3, padding=1)
+        self.down = nn.ModuleList(
+            nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1) for i in range(depth)
+        )
+        self.up = nn.ModuleList(
+            nn.Conv2d(
+                widths[i + 1] if i == depth - 1 else 2 * widths[i + 1], widths[i], 3, padding=1
+            )
+            for i in range(depth)
+        )
+        self.head = nn.Conv2d(2 * widths[0], c_out, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.leaky_relu(self.stem(2 * x - 1), 0.2)
+        skips = [h]
+        for conv in self.down:
+            h = F.leaky_relu(conv(h), 0.2)
+            skips.append(h)
+        h = skips.pop()
+        for conv in reversed(self.up):
+            skip = skips.pop()
+            h = F.relu(conv(F.interpolate(h, size=skip.shape[-2:], mode="nearest")))
+            h = torch.cat([h, skip], 1)
+        return self.head(h)
+
+
+class PatchDiscriminator(nn.Module):
+    """``(x, y)`` → one logit per patch ``(B, h, w)``."""
+
+    def __init__(self, c_in: int, channels: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(c_in, channels, 3, stride=2, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * channels, 1, 3, padding=1),
+        )
+
+    def forward(self, *images: Tensor) -> Tensor:
+        return self.net(torch.cat([2 * i - 1 for i in images], 1)).squeeze(1)
+
+
+def gan_init(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+def adversarial(logits: Tensor, real: bool) -> Tensor:
+    """BCE of patch logits against all-real or all-fake."""
+    target = torch.ones_like(logits) if real else torch.zeros_like(logits)
+    return F.binary_cross_entropy_with_logits(logits, target)
+
+
+def check_translator_config(family: str, input_shape, config) -> None:
+    if len(input_shape) != 3:
+        raise ValueError(f"{family}: translates images (C, H, W), got input_shape {input_shape}")
+    for key in ("channels", "depth", "disc_channels"):
+        if getattr(config, key) < 1:
+            raise ValueError(f"{family}: {key} must be >= 1, got {getattr(config, key)}")
+    for key in ("l1_weight", "adv_weight"):
+        if getattr(config, key, 0.0) < 0:
+            raise ValueError(f"{family}: {key} must be >= 0, got {getattr(config, key)}")
+    if not 0.0 <= config.beta1 < 1.0:
+        raise ValueError(f"{family}: beta1 must be in [0, 1), got {config.beta1}")
+
+
+@register
+class Pix2Pix(GenerativeModel):
+    family = "pix2pix"
+    likelihood = "none"
+    data_kinds = ("binary",)
+    Config = Pix2PixConfig
+    phases = ("discriminator", "generator")
+    capabilities = frozenset({"translate"})
+    can_sample = False
+    batch_keys = ("x", "x_target")
+    directions = ("a2b",)
+    selection_metric = "iou"
+    search_space = {
+        "channels": SearchSpec("choice", (16, 32, 64)),
+        "l1_weight": SearchSpec("choice", (10.0, 100.0)),
+        "lr": SearchSpec("loguniform", low=1e-4, high=1e-3),
+    }
+
+    def __init__(self, input_shape: tuple[int, ...], levels: int, config: Pix2PixConfig) -> None:
+        super().__init__(input_shape, levels, config)
+        check_translator_config(self.family, self.input_shape, config)
+        c = self.input_shape[0]
+        self.generator_net = UNet(c, c, config.channels, config.depth)
+        self.discriminator = PatchDiscriminator(2 * c, config.disc_channels)
+        gan_init(self)
+
+    def phase_parameters(self, phase: str) -> Iterator[nn.Parameter]:
+        if phase == "discriminator":
+            return self.discriminator.parameters()
+        if phase == "generator":
+            return self.generator_net.parameters()
+        raise ValueError(f"pix2pix: unknown phase {phase!r}")
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        cfg = self.config
+        return {
+            p: torch.optim.Adam(
+                self.phase_parameters(p),
+                lr=cfg.lr,
+                betas=(cfg.beta1, 0.999),
+                weight_decay=cfg.weight_decay,
+            )
+            for p in self.phases
+        }
+
+    def forward(self, batch: Mapping[str, Tensor], phase: str = "main") -> dict[str, Tensor]:
+        x, t = pair(self.family, batch)
+        cfg = self.config
+        if phase == "discriminator":
+            with torch.no_grad():
+                fake = torch.bernoulli(torch.sigmoid(self.generator_net(x)))
+            loss = adversarial(self.discriminator(x, t), True) + adversarial(
+                self.discriminator(x, fake), False
+            )
+            return {"loss": loss, "d_loss": loss.detach()}
+        if phase == "generator":
+            p = torch.sigmoid(self.generator_net(x))
+            l1 = (p - t).abs().mean()
+            adv = adversarial(self.discriminator(x, straight_through_bernoulli(p)), True)
+            loss = cfg.l1_weight * l1 + cfg.adv_weight * adv
+            return {"loss": loss, "l1": l1.detach(), "g_adv": adv.detach()}
+        raise ValueError(f"pix2pix: unknown phase {phase!r}")
+
+    def translate(
+        self, x: Tensor, direction: str = "a2b", generator: torch.Generator | None = None
+    ) -> Tensor:
+        self.check_direction(direction)
+        x = self.check_input(x)
+        return run_eval(self, lambda: (self.generator_net(x) > 0).to(x.dtype))
+
+    def validation_metrics(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        x, t = pair(self.family, batch)
+        out = self.translate(x, "a2b")
+        return {"iou": foreground_iou(out, t), "l1": mean_l1(out, t)}
+
+
+def pair(family: str, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """``(x, x_target)`` of a training batch as floats; a batch without ``x_target`` is an error
+    that says the family needs a pair dataset."""
+    if "x_target" not in batch:
+        raise ValueError(
+            f"{family} trains on batches with x and x_target (a pair dataset such as "
+            f"mnist-edge-paired); this batch has {', '.join(sorted(batch))}"
+        )
+    return batch["x"].float(), batch["x_target"].float()
+
+
+def run_eval(module: nn.Module, fn):
+    """``fn()`` in eval mode without gradients, the module's mode restored."""
+    was = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            return fn()
+    finally:
+        module.train(was)
