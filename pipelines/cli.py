@@ -131,7 +131,7 @@ def _prepare(spec: TrainSpec, address: str | None):
                 "a GPU cluster"
             )
     data = prepare_data(spec)
-    check_model(spec, data.input_shape, data.levels)
+    check_model(spec, data.input_shape, data.levels, data.batch_columns)
     if spec.register:
         uri = resolve_tracking_uri(spec.tracking_uri)
         registry.check_name(uri, registered_name(spec, data), data.source_fingerprint, data.source)

@@ -155,12 +155,34 @@ def check_model_config(family: str, model: dict[str, Any]):
     return config
 
 
-def check_model(spec: TrainSpec, input_shape, levels: int) -> None:
+def check_model(spec: TrainSpec, input_shape, levels: int, columns=None) -> None:
     """Build the model and its optimisers once on the driver: whatever the family (or torch)
     refuses about the config or the data's shape raises ``ValueError`` here, before Ray starts,
-    not in every worker."""
+    not in every worker. ``columns``: the data's ``batch_columns``, checked against the
+    family's ``batch_keys`` (``check_batch_keys``)."""
+    if columns is not None:
+        check_batch_keys(spec.family, spec.dataset, columns)
     model = genmodels.build(spec.family, tuple(input_shape), levels, **spec.model)
     model.configure_optimizers()
+
+
+def check_batch_keys(family: str, dataset: str, columns) -> None:
+    """``ValueError`` naming every key of the family's ``batch_keys`` that the dataset's batches
+    (``batch_columns``: name → (dtype, per-row shape)) lack, or whose shape is not ``x``'s."""
+    needed = genmodels.family_class(family).batch_keys
+    missing = [k for k in needed if k not in columns]
+    if missing:
+        raise ValueError(
+            f"{family} trains on batch key(s) {', '.join(needed)}; dataset {dataset!r} has no "
+            f"{', '.join(missing)} (its batches have {', '.join(columns)})"
+            + ("; use a pair dataset, e.g. mnist-edge-paired" if "x_target" in missing else "")
+        )
+    shape = tuple(columns["x"][1])
+    for k in needed:
+        if tuple(columns[k][1]) != shape:
+            raise ValueError(
+                f"{family}: batch key {k!r} has rows of shape {tuple(columns[k][1])}, x has {shape}"
+            )
 
 
 class ResourceError(ValueError):
@@ -246,11 +268,21 @@ def _numeric(info: dict[str, Any], prefix: str) -> dict[str, float]:
 FINAL_EPOCH_LABELS = "final-epoch (labels_per_class)"
 
 
-def selection_rule(spec: TrainSpec, likelihood: str, has_yardstick: bool) -> str:
+def selection_rule(
+    spec: TrainSpec,
+    likelihood: str,
+    has_yardstick: bool,
+    metric: str | None = None,
+    can_sample: bool = True,
+) -> str:
     """How a run picks the weights it tests and registers (tagged on the run as ``selection``).
 
     * ``val-log-likelihood``: the best validation log-likelihood (a family with one);
-    * ``val-fd (yardstick)``: the best validation FD of the yardstick (a family without one);
+    * ``val-<metric>``: the best mean of the family's declared ``selection_metric`` (a key of
+      its ``validation_metrics``, higher is better) on the validation split, for a family
+      without a likelihood that declares one (a translator, which has no unconditional sample);
+    * ``val-fd (yardstick)``: the best validation FD of the yardstick (a family without a
+      likelihood or a selection metric, that samples);
     * ``final-epoch (labels_per_class)``: a run with a label budget selects on nothing, whatever
       the family: the validation labels are hidden and the yardstick was trained on every
       label, so it may judge after training but never choose. The last epoch is kept (a fixed
@@ -261,7 +293,40 @@ def selection_rule(spec: TrainSpec, likelihood: str, has_yardstick: bool) -> str
         return FINAL_EPOCH_LABELS
     if likelihood != "none":
         return "val-log-likelihood"
-    return "val-fd (yardstick)" if has_yardstick else "final-epoch (no validation metric)"
+    if metric is not None:
+        return f"val-{metric}"
+    if has_yardstick and can_sample:
+        return "val-fd (yardstick)"
+    return "final-epoch (no validation metric)"
+
+
+def family_rule(spec: TrainSpec, family, has_yardstick: bool) -> str:
+    """``selection_rule`` from a family's (class or instance) declarations."""
+    return selection_rule(
+        spec, family.likelihood, has_yardstick, family.selection_metric, family.can_sample
+    )
+
+
+def _has_validation_metrics(module) -> bool:
+    return type(module).validation_metrics is not genmodels.GenerativeModel.validation_metrics
+
+
+def _metrics_split(module, shard, spec: TrainSpec, device) -> dict[str, float]:
+    """The means of the family's ``validation_metrics`` over a split (every rank's shard,
+    all-reduced); each batch holds the family's ``batch_keys`` columns only."""
+    module.eval()
+    sums: dict[str, float] = {}
+    count = 0.0
+    with torch.no_grad():
+        for b in shard.iter_torch_batches(batch_size=spec.batch_size, device=device):
+            values = module.validation_metrics({k: b[k] for k in module.batch_keys})
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + float(v.double().sum())
+            count += len(b["x"])
+    module.train()
+    keys = _from_rank0(sorted(sums))  # one key order on every rank
+    totals = _all_reduce([sums.get(k, 0.0) for k in keys] + [count], device)
+    return {k: t / max(totals[-1], 1.0) for k, t in zip(keys, totals[:-1])}
 
 
 def _validate(module, shard, spec: TrainSpec, device, yardstick, rank: int) -> dict[str, Any]:
@@ -269,13 +334,17 @@ def _validate(module, shard, spec: TrainSpec, device, yardstick, rank: int) -> d
     the rule is a final epoch) and the metrics behind it — the log-likelihood where the family
     has one (reported even when it does not select: it reads no label), else the yardstick's
     FD (only when it selects)."""
-    rule = selection_rule(spec, module.likelihood, yardstick is not None)
+    rule = family_rule(spec, module, yardstick is not None)
     info = module.prepare_scoring(torch.Generator().manual_seed(spec.seed + 4242), final=False)
     out: dict[str, Any] = _numeric(info, "val_scoring_")
+    if _has_validation_metrics(module) and spec.labels_per_class is None:
+        out.update({f"val_{k}": v for k, v in _metrics_split(module, shard, spec, device).items()})
     if module.likelihood != "none":
         val = _score_split(module, shard, spec, device, seed=spec.seed + 12345)
         out.update(val_log_prob=val["log_prob"], val_bpd=val["bpd"])
         out["val_score"] = val["log_prob"] if rule == "val-log-likelihood" else math.nan
+    elif module.selection_metric is not None and rule == f"val-{module.selection_metric}":
+        out["val_score"] = out[f"val_{module.selection_metric}"]
     elif rule == "val-fd (yardstick)":
         q = None
         if rank == 0:
@@ -305,7 +374,7 @@ def _params_digest(module) -> str:
 
 def _sample_grid(module, spec: TrainSpec, path: Path) -> Path | None:
     """Up to ``grid_samples`` samples, drawn in chunks until ``grid_time_s`` runs out."""
-    if spec.grid_samples <= 0:
+    if spec.grid_samples <= 0 or not module.can_sample:
         return None
     module.eval()
     g = torch.Generator().manual_seed(spec.seed)
@@ -467,6 +536,8 @@ def train_loop(cfg: dict[str, Any]) -> None:
                 if "val_log_prob" in val
                 else f"val FD {val['val_fd']:.3f}"
                 if "val_fd" in val
+                else f"val {module.selection_metric} {val['val_score']:.4f}"
+                if module.selection_metric is not None and "val_score" in val
                 else "no validation metric"
             )
             per_epoch = (time.monotonic() - run_start) / (epoch + 1 - first_epoch)
@@ -523,8 +594,13 @@ def train_loop(cfg: dict[str, Any]) -> None:
             test_count=test["count"],
             method=test["method"],
         )
+    if _has_validation_metrics(module) and spec.labels_per_class is None:
+        test_shard = _shard("test", cfg, rank)
+        final.update(
+            {f"test_{k}": v for k, v in _metrics_split(module, test_shard, spec, device).items()}
+        )
     extra: dict[str, np.ndarray] = {}
-    if yardstick is not None:
+    if yardstick is not None and module.can_sample:
         quality = None
         if rank == 0:  # drawn once; the samples travel with the checkpoint to the registry
             quality, extra["yardstick_samples"] = yardstick.evaluate(
@@ -533,7 +609,9 @@ def train_loop(cfg: dict[str, Any]) -> None:
         final.update(_from_rank0(quality))
         final["yardstick_method"] = yardstick.method
     if module.likelihood == "none":
-        final["method"] = yardstick.method if yardstick is not None else "none"
+        final["method"] = (
+            yardstick.method if yardstick is not None and module.can_sample else "none"
+        )
     if rank == 0 and mlflow_client is not None:
         _log_pictures(module, spec, state, mlflow_client, cfg["run_id"])
     # A checkpoint rides along so ``Result.metrics`` (the latest checkpointed report) is this one.
@@ -633,9 +711,13 @@ def _log_pictures(module, spec: TrainSpec, state, mlflow_client, run_id: str) ->
         curve = save_curves(
             {
                 "train -loss": [-h["train_loss"] for h in hist],
-                ("val log p" if module.likelihood != "none" else "val -FD"): [
-                    h["val_score"] for h in hist
-                ],
+                (
+                    "val log p"
+                    if module.likelihood != "none"
+                    else f"val {module.selection_metric}"
+                    if module.selection_metric
+                    else "val -FD"
+                ): [h["val_score"] for h in hist],
             },
             Path(tmp) / "learning_curve.png",
             title=f"{spec.family} on {spec.dataset}"
@@ -672,7 +754,7 @@ def build_trainer(
     from ray.train.torch import TorchTrainer
 
     # Fail here, with the family's own message, not inside N workers: shape, data space, config.
-    check_model(spec, data.input_shape, data.levels)
+    check_model(spec, data.input_shape, data.levels, data.batch_columns)
     cluster = ray.cluster_resources()
     check_resources(spec, cluster)
     if _USER_START_TIMEOUT is None:  # the user's own setting wins
@@ -786,7 +868,8 @@ def run_training(spec: TrainSpec, data=None, progress=None, probe=None) -> Train
             client.set_tag(run_id, tag, str(budget[key]))
     try:
         yardstick = None
-        if spec.yardstick:
+        family_cls = genmodels.family_class(spec.family)
+        if spec.yardstick and family_cls.can_sample:  # it judges samples
             from .quality import yardstick_for
 
             yardstick = yardstick_for(
@@ -796,8 +879,7 @@ def run_training(spec: TrainSpec, data=None, progress=None, probe=None) -> Train
                 print(f"[genmodels] {data.name} has no labels: no sample-quality yardstick")
             else:
                 client.set_tag(run_id, "yardstick", json.dumps(yardstick.info, default=float))
-        likelihood = genmodels.family_class(spec.family).likelihood
-        client.set_tag(run_id, "selection", selection_rule(spec, likelihood, yardstick is not None))
+        client.set_tag(run_id, "selection", family_rule(spec, family_cls, yardstick is not None))
         trainer = build_trainer(
             spec, data, run_id, tracking_uri, yardstick, progress=progress, name=name, probe=probe
         )
@@ -850,7 +932,9 @@ def _final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The numbers a run ends with (and a registered version carries): selection, likelihood
     (where the family has one), the settled scoring facts (log Z...) and the yardstick."""
     keep = {k: metrics[k] for k in FINAL_KEYS if k in metrics}
-    keep.update({k: v for k, v in metrics.items() if k.startswith(("yardstick_", "scoring_"))})
+    keep.update(
+        {k: v for k, v in metrics.items() if k.startswith(("yardstick_", "scoring_", "test_"))}
+    )
     return {k: float(v) for k, v in keep.items() if isinstance(v, int | float)}
 
 
