@@ -298,8 +298,8 @@ def resolve_version(tracking_uri: str, name: str, ref: str = CHAMPION):
     """
     from mlflow.exceptions import MlflowException
 
-    c = client(tracking_uri)
     try:
+        c = client(tracking_uri)
         if ref.isdigit():
             return c.get_model_version(name, ref)
         return c.get_model_version_by_alias(name, ref)
@@ -345,11 +345,19 @@ def load_version(
     return model, info
 
 
+def ping(tracking_uri: str) -> None:
+    """One cheap registry query; ``RegistryError`` when the registry does not answer it."""
+    try:
+        client(tracking_uri).search_registered_models(max_results=1)
+    except Exception as e:
+        raise RegistryError(f"registry at {tracking_uri} unreachable: {e}") from e
+
+
 def list_models(tracking_uri: str) -> list[dict[str, Any]]:
     """Every registered model with its aliases and the tags of each aliased version."""
-    c = client(tracking_uri)
     out = []
     try:
+        c = client(tracking_uri)
         registered = c.search_registered_models()
     except Exception as e:
         raise RegistryError(f"registry at {tracking_uri} unreachable: {e}") from e

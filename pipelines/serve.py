@@ -45,20 +45,28 @@ Design:
 """
 
 import asyncio
+import collections
+import concurrent.futures
 import dataclasses
+import hashlib
+import hmac
 import json
 import logging
 import math
+import os
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -76,7 +84,9 @@ class _Strict(BaseModel):
 
 class _Ref(_Strict):
     alias: str = Field(registry.CHAMPION, min_length=1, max_length=256, pattern=r"^[\w.\-]+$")
-    version: int | None = Field(None, ge=1, description="a version number; overrides alias")
+    version: int | None = Field(
+        None, ge=1, lt=2**63, description="a version number; overrides alias"
+    )
     seed: int | None = Field(None, ge=0, lt=2**63, description="seed of the torch generator")
 
 
@@ -152,6 +162,23 @@ class ServeConfig(BaseModel):
     alias_ttl_s: float = Field(10.0, ge=0, description="how long alias→version is cached")
     max_num_samples: int = Field(16, ge=1, description="most imputations per example (impute)")
     max_steps: int = Field(10, ge=1, description="most frames rolled out per request (predict)")
+    max_body_bytes: int = Field(
+        4 * 2**20, ge=1024, description="largest request body (413 above it, before parsing)"
+    )
+    api_key_file: str | None = Field(
+        None, description="file on the replicas' nodes holding the API key(s), one per line"
+    )
+    api_key_sha256: str | None = Field(
+        None, description="SHA-256 (hex) of the API key (build_app(api_key=...) sets it)"
+    )
+    require_api_key: bool = Field(False, description="refuse to start without an API key")
+    docs: bool = Field(True, description="serve /docs and /openapi.json (behind the key)")
+    registry_timeout_s: float = Field(
+        5.0, gt=0, description="deadline of one registry call (then: stale answer or 503)"
+    )
+    max_stale_s: float = Field(
+        600.0, ge=0, description="how long a cached alias→version serves while the registry fails"
+    )
 
 
 class ApiError(Exception):
@@ -161,7 +188,9 @@ class ApiError(Exception):
 
 
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"status": status, "message": message}}, status_code=status)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    body = {"error": {"status": status, "message": message[:2000]}}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _docs(model: type[BaseModel] | None = None, body: type[BaseModel] | None = None) -> dict:
@@ -174,16 +203,63 @@ def _docs(model: type[BaseModel] | None = None, body: type[BaseModel] | None = N
     return doc
 
 
-async def _parse(request: Request, model: type[BaseModel]) -> Any:
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The raw body, at most ``limit`` bytes: a larger Content-Length is refused before a byte is
+    read, and a body without one (chunked) is refused as soon as it passes the limit."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ApiError(400, "malformed Content-Length header")
+        if int(declared) > limit:
+            raise ApiError(413, f"request body of {declared} bytes is over the limit of {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decode(raw: bytes, model: type[BaseModel]) -> Any:
+    """JSON → the request model (run in a worker thread: a few MB of JSON takes tens of ms)."""
     try:
-        obj = json.loads(await request.body())
-    except ValueError as e:
+        obj = json.loads(raw)
+    except RecursionError:
+        raise ApiError(400, "malformed JSON body: nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
         raise ApiError(400, f"malformed JSON body: {e}") from None
     try:
         return model.model_validate(obj)
+    except RecursionError:
+        raise ApiError(422, "invalid request: nested too deeply") from None
     except ValidationError as e:
         msgs = [f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors()]
         raise ApiError(422, "invalid request: " + "; ".join(msgs)) from None
+
+
+def _key_digests(cfg: ServeConfig) -> list[bytes]:
+    """The SHA-256 digests of the accepted API keys: ``api_key_file`` (one key per line, so a
+    key can be rotated), ``api_key_sha256``, and ``$GENMODELS_API_KEY`` of the replica."""
+    keys: list[str] = []
+    if cfg.api_key_file:
+        text = Path(cfg.api_key_file).expanduser().read_text()
+        keys += [line.strip() for line in text.splitlines() if line.strip()]
+        if not keys:
+            raise ValueError(f"api_key_file {cfg.api_key_file} holds no key")
+    if os.environ.get(API_KEY_ENV):
+        keys.append(os.environ[API_KEY_ENV].strip())
+    digests = [hashlib.sha256(k.encode()).digest() for k in keys]
+    if cfg.api_key_sha256:
+        digests.append(bytes.fromhex(cfg.api_key_sha256))
+    if cfg.require_api_key and not digests:
+        raise ValueError(
+            f"require_api_key is set but no key is configured: set api_key_file or ${API_KEY_ENV}"
+        )
+    return digests
+
+
+API_KEY_ENV = "GENMODELS_API_KEY"
 
 
 # ------------------------------------------------------------------------------ model access
@@ -361,25 +437,62 @@ def _rows(items: list[_Item]) -> int:
     return sum(len(it.x) for it in items)
 
 
-# ------------------------------------------------------------------------------- deployment
-api = FastAPI(
-    title="genmodels",
-    version=genmodels.__version__,
-    description="Sample and score generative models from the MLflow registry.",
-)
+# ---------------------------------------------------------------------------------- service
+class _LruLoader:
+    """``name@version`` → loaded model, at most ``size`` per process, one load per key at a time
+    (the in-process stand-in for ``@serve.multiplexed``)."""
+
+    def __init__(self, load: Callable[[str], Awaitable[_Loaded]], size: int) -> None:
+        self._load, self._size = load, size
+        self._models: collections.OrderedDict[str, _Loaded] = collections.OrderedDict()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def __call__(self, key: str) -> _Loaded:
+        if key in self._models:
+            self._models.move_to_end(key)
+            return self._models[key]
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            if key not in self._models:
+                self._models[key] = await self._load(key)
+                while len(self._models) > self._size:
+                    self._models.popitem(last=False)
+            return self._models[key]
 
 
-@api.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return _error(exc.status_code, str(exc.detail))
+class _RegistryState:
+    """What the replica last saw of the registry (``/readyz``)."""
+
+    def __init__(self) -> None:
+        self.up: bool | None = None  # None: not asked yet
+        self.probing = False
+        self.since = self.checked = time.monotonic()
+
+    def mark(self, up: bool) -> None:
+        now = time.monotonic()
+        if up != self.up:
+            self.up, self.since = up, now
+        self.checked = now
 
 
-@serve.deployment
-@serve.ingress(api)
-class GenModelsServer:
-    def __init__(self, cfg: ServeConfig) -> None:
+class GenModelsService:
+    """Everything the HTTP API does, without Ray: ``GenModelsServer`` (the Serve deployment) is
+    this class with ``@serve.multiplexed`` loading and ``@serve.batch`` pooling, and
+    ``make_api(GenModelsService(cfg))`` is the same API as a plain FastAPI app (tests)."""
+
+    def __init__(self, cfg: ServeConfig, load_wrapper: Callable | None = None) -> None:
         self.cfg, self.uri = cfg, cfg.tracking_uri
-        self._versions: dict[tuple[str, str], tuple[float, _Version]] = {}
+        self._keys = _key_digests(cfg)
+        self._cache: dict[Any, tuple[float, Any]] = {}  # registry answers: key → (time, value)
+        self._refreshing: set[Any] = set()
+        self._registry_state = _RegistryState()
+        # Registry calls run on their own few threads under a deadline: a hung registry holds
+        # at most these threads, never the event loop or the model threads.
+        self._registry_pool = concurrent.futures.ThreadPoolExecutor(
+            4, thread_name_prefix="genmodels-registry"
+        )
+        # One body decoded at a time: the JSON decoder holds the GIL for the whole body (a few
+        # MB: tens to hundreds of ms), so a second one would only add its objects to memory.
+        self._parse_slots = asyncio.Semaphore(1)
         # ``models:/`` downloads resolve the model and its run through the process-wide URIs,
         # not the tracking URI passed to them (otherwise: "not found", and a stray ./mlflow.db).
         mlflow.set_tracking_uri(self.uri)
@@ -390,42 +503,111 @@ class GenModelsServer:
             model, _ = await asyncio.to_thread(registry.load_version, self.uri, name, version)
             return _Loaded(model)
 
-        self._load = serve.multiplexed(max_num_models_per_replica=cfg.max_models)(load)
-        self._score_batch.set_max_batch_size(cfg.max_batch)
-        self._score_batch.set_batch_wait_timeout_s(cfg.batch_wait_s)
+        if load_wrapper is None:
+            self._load = _LruLoader(load, cfg.max_models)
+        else:
+            self._load = load_wrapper(load)
 
     # ------------------------------------------------------------------------------ endpoints
-    @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
+        """Liveness: the replica answers. Says nothing about the registry (``/readyz``)."""
         return {"status": "ok"}
 
-    @api.get("/v1/models", **_docs())
-    async def models(self) -> JSONResponse:
-        return await self._guard(self._models())
+    async def readyz(self) -> JSONResponse:
+        """Readiness: the registry's state (probed at most every 5 s, under the deadline) and
+        what this replica can serve without it. 200 while it can serve (``degraded``: from
+        cached versions and loaded models, for up to ``max_stale_s``); 503 when the registry is
+        down and nothing is cached."""
+        state = self._registry_state
+        if not state.probing and (state.up is not True or time.monotonic() - state.checked > 5):
+            state.probing = True  # one probe at a time; others answer with the last state
+            try:
+                await self._registry_call(registry.ping, self.uri)
+            except (registry.RegistryError, registry.NotFoundError):
+                pass
+            finally:
+                state.probing = False
+        now = time.monotonic()
+        fresh = [
+            k
+            for k, (t, _) in self._cache.items()
+            if k[0] == "version" and now - t < self.cfg.max_stale_s
+        ]
+        up = bool(state.up)
+        status = "ready" if up else ("degraded" if fresh else "unavailable")
+        body = {
+            "status": status,
+            "registry": {
+                "state": "up" if up else "down",
+                "for_s": round(now - state.since, 1),
+                "checked_s_ago": round(now - state.checked, 1),
+                "deadline_s": self.cfg.registry_timeout_s,
+            },
+            "cached_versions": len(fresh),
+            "max_stale_s": self.cfg.max_stale_s,
+        }
+        return JSONResponse(body, status_code=200 if status != "unavailable" else 503)
 
-    @api.post("/v1/models/{name}/sample", **_docs(SampleResponse, SampleRequest))
+    async def models(self, request: Request) -> JSONResponse:
+        return await self._guard(request, lambda: self._models())
+
     async def sample(self, name: str, request: Request) -> JSONResponse:
-        return await self._guard(self._sample(name, request))
+        return await self._guard(request, lambda: self._sample(name, request))
 
-    @api.post("/v1/models/{name}/score", **_docs(ScoreResponse, ScoreRequest))
     async def score(self, name: str, request: Request) -> JSONResponse:
-        return await self._guard(self._score(name, request))
+        return await self._guard(request, lambda: self._score(name, request))
 
-    @api.post(
-        "/v1/models/{name}/{capability}",
-        summary="Use a capability of the model",
-        description="; ".join(
-            f"`{c.endpoint}`: {c.summary} (fields: {', '.join(c.fields)})"
-            for c in _BY_ENDPOINT.values()
-        ),
-    )
     async def use(self, name: str, capability: str, request: Request) -> JSONResponse:
-        return await self._guard(self._use(name, capability, request))
+        return await self._guard(request, lambda: self._use(name, capability, request))
+
+    async def openapi(self, request: Request) -> JSONResponse:
+        if denied := self._deny(request, docs=True):
+            return denied
+        return JSONResponse(request.app.openapi())
+
+    async def swagger(self, request: Request) -> Response:
+        if denied := self._deny(request, docs=True):
+            return denied
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title="genmodels")
 
     # -------------------------------------------------------------------------------- helpers
-    async def _guard(self, coro) -> JSONResponse:
-        """Run a handler under the deadline; map every failure to a JSON error."""
-        task = asyncio.ensure_future(coro)  # copies the context: Serve's request context too
+    def _authorized(self, request: Request) -> bool:
+        """No key configured: open. Else ``Authorization: Bearer <key>`` or ``X-API-Key``,
+        compared as SHA-256 digests with ``hmac.compare_digest`` against every accepted key."""
+        if not self._keys:
+            return True
+        auth = request.headers.get("authorization", "")
+        scheme, _, token = auth.partition(" ")
+        given = token.strip() if scheme.lower() == "bearer" else request.headers.get("x-api-key")
+        digest = hashlib.sha256((given or "").encode()).digest()
+        ok = False
+        for key in self._keys:
+            ok |= hmac.compare_digest(digest, key)
+        return ok and bool(given)
+
+    def _deny(self, request: Request, docs: bool = False) -> JSONResponse | None:
+        if docs and not self.cfg.docs:
+            return _error(404, "Not Found")
+        if not self._authorized(request):
+            return _error(401, "missing or wrong API key (Authorization: Bearer <key>)")
+        return None
+
+    async def _parse(self, request: Request, model: type[BaseModel]) -> Any:
+        raw = await _read_body(request, self.cfg.max_body_bytes)
+        async with self._parse_slots:
+            return await asyncio.to_thread(_decode, raw, model)
+
+    async def _score_batch(self, item: _Item) -> Any:
+        """One item's pooled call (``GenModelsServer`` pools items with ``@serve.batch``)."""
+        return (await self._run_batch([item]))[0]
+
+    async def _guard(self, request: Request, handler: Callable[[], Awaitable[Any]]) -> JSONResponse:
+        """Check the key; run a handler under the deadline; map every failure to a JSON error
+        whose message names no file, URI or SQL (details go to the replica's log)."""
+        if denied := self._deny(request):
+            return denied
+        task = asyncio.ensure_future(handler())  # copies the context: Serve's request context
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved if orphaned
         try:
             done, _ = await asyncio.wait({task}, timeout=self.cfg.request_timeout_s)
@@ -439,10 +621,11 @@ class GenModelsServer:
         except registry.NotFoundError as e:
             return _error(404, str(e))
         except registry.RegistryError as e:
-            return _error(503, f"model registry unavailable: {e}")
-        except Exception as e:
+            logger.warning("genmodels serve: registry error: %s", e)
+            return _error(503, "model registry unavailable; try again later")
+        except Exception:
             logger.exception("genmodels serve: unexpected error")
-            return _error(500, f"internal error: {type(e).__name__}: {e}")
+            return _error(500, "internal error (logged on the server)")
 
     async def _data_spec(self, v: _Version) -> tuple[tuple[int, ...], int, _Loaded | None]:
         """(input shape, levels, the model if it had to be loaded): from the version's tags, so
@@ -487,18 +670,74 @@ class GenModelsServer:
         limit = genmodels.family_class(family).sample_limit
         return min(limit, self.cfg.sample_limits.get(family, limit))
 
+    async def _registry_call(self, fn: Callable, *args: Any) -> Any:
+        """``fn(*args)`` on the registry threads under ``registry_timeout_s``; a timeout is a
+        ``RegistryError``. Every answer updates the registry state ``/readyz`` reports."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._registry_pool, fn, *args)
+        try:
+            result = await asyncio.wait_for(future, self.cfg.registry_timeout_s)
+        except TimeoutError:
+            self._registry_state.mark(False)
+            raise registry.RegistryError(
+                f"no answer within {self.cfg.registry_timeout_s:g} s"
+            ) from None
+        except registry.NotFoundError:
+            self._registry_state.mark(True)  # an answer
+            raise
+        except registry.RegistryError:
+            self._registry_state.mark(False)
+            raise
+        except Exception as e:  # e.g. a corrupt sqlite file: the store fails to open
+            self._registry_state.mark(False)
+            raise registry.RegistryError(f"{type(e).__name__}: {e}") from e
+        self._registry_state.mark(True)
+        return result
+
+    async def _cached(self, key: Any, fetch: Callable[[], Any], ttl: float) -> Any:
+        """A registry answer, stale-while-revalidate: younger than ``ttl`` it is served as is;
+        up to ``max_stale_s`` old it is served at once while one background call refreshes it
+        (so a moved alias is seen within ``ttl`` plus one request, and a registry outage costs
+        a cached request nothing); older, or never fetched, the caller waits for the registry
+        (at most ``registry_timeout_s``). A refresh that finds the entry gone drops it."""
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and now - hit[0] < ttl:
+            return hit[1]
+        if hit is not None and now - hit[0] < self.cfg.max_stale_s:
+            if key not in self._refreshing:
+                self._refreshing.add(key)
+                task = asyncio.ensure_future(self._refresh(key, fetch))
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            return hit[1]
+        value = await self._registry_call(fetch)
+        self._store(key, value)
+        return value
+
+    async def _refresh(self, key: Any, fetch: Callable[[], Any]) -> None:
+        try:
+            self._store(key, await self._registry_call(fetch))
+        except registry.NotFoundError:
+            self._cache.pop(key, None)
+        except registry.RegistryError as e:
+            logger.warning("genmodels serve: registry down, serving cached %s: %s", key, e)
+        finally:
+            self._refreshing.discard(key)
+
+    def _store(self, key: Any, value: Any) -> None:
+        self._cache.pop(key, None)
+        self._cache[key] = (time.monotonic(), value)
+        while len(self._cache) > 4096:  # the oldest first
+            self._cache.pop(next(iter(self._cache)))
+
     async def _resolve(self, name: str, body: _Ref) -> _Version:
         ref = str(body.version) if body.version is not None else body.alias
-        now = time.monotonic()
-        hit = self._versions.get((name, ref))
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        mv = await asyncio.to_thread(registry.resolve_version, self.uri, name, ref)
-        v = _Version(name, str(mv.version), dict(mv.tags))
-        if len(self._versions) > 4096:
-            self._versions.clear()
-        self._versions[(name, ref)] = (now + self.cfg.alias_ttl_s, v)
-        return v
+
+        def fetch() -> _Version:
+            mv = registry.resolve_version(self.uri, name, ref)
+            return _Version(name, str(mv.version), dict(mv.tags))
+
+        return await self._cached(("version", name, ref), fetch, self.cfg.alias_ttl_s)
 
     def _describe(self, version: str, tags: dict[str, str]) -> dict[str, Any]:
         v = _Version("", version, tags)
@@ -527,7 +766,10 @@ class GenModelsServer:
 
     async def _models(self) -> dict[str, Any]:
         out = []
-        for rm in await asyncio.to_thread(registry.list_models, self.uri):
+        listed = await self._cached(
+            "models", lambda: registry.list_models(self.uri), self.cfg.alias_ttl_s
+        )
+        for rm in listed:
             tags = next(iter(rm["versions"].values()), {})
             family, _, dataset = rm["name"].partition("-")
             out.append(
@@ -543,7 +785,7 @@ class GenModelsServer:
         return {"models": out}
 
     async def _sample(self, name: str, request: Request) -> dict[str, Any]:
-        body = await _parse(request, SampleRequest)
+        body = await self._parse(request, SampleRequest)
         v = await self._resolve(name, body)
         limit = self._limit(v.family)
         if limit is None:
@@ -567,7 +809,7 @@ class GenModelsServer:
         }
 
     async def _score(self, name: str, request: Request) -> dict[str, Any]:
-        body = await _parse(request, ScoreRequest)
+        body = await self._parse(request, ScoreRequest)
         v = await self._resolve(name, body)
         if v.tags.get("likelihood") == "none":
             raise ApiError(422, f"{name}: family {v.family!r} has no likelihood to score")
@@ -606,7 +848,7 @@ class GenModelsServer:
             return await self._score(name, request)
         if cap.name == "sample":
             return await self._sample(name, request)
-        body = await _parse(request, _REQUESTS[cap.name])
+        body = await self._parse(request, _REQUESTS[cap.name])
         v = await self._resolve(name, body)
         self._require(name, v, cap.name)
         shape, levels, loaded = await self._data_spec(v)
@@ -660,8 +902,7 @@ class GenModelsServer:
             **_result_fields(result, cap),
         }
 
-    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.01, batch_size_fn=_rows)
-    async def _score_batch(self, items: list[_Item]) -> list[Any]:
+    async def _run_batch(self, items: list[_Item]) -> list[Any]:
         """Run a pooled batch (scores, and every batchable capability): one model call per
         group (same version, method and arguments); a group's failure is only its items'."""
         groups: dict[Any, list[int]] = {}
@@ -689,6 +930,78 @@ class GenModelsServer:
         return out
 
 
+# ---------------------------------------------------------------------------------- the API
+# (method, path, service attribute, route options): mounted on the Serve ingress (class-based:
+# Serve binds ``self``) and by ``make_api`` on a plain FastAPI app bound to one instance.
+ROUTES: list[tuple[str, str, str, dict[str, Any]]] = [
+    ("get", "/healthz", "healthz", {}),
+    ("get", "/readyz", "readyz", {}),
+    ("get", "/openapi.json", "openapi", {"include_in_schema": False}),
+    ("get", "/docs", "swagger", {"include_in_schema": False}),
+    ("get", "/v1/models", "models", _docs()),
+    ("post", "/v1/models/{name}/sample", "sample", _docs(SampleResponse, SampleRequest)),
+    ("post", "/v1/models/{name}/score", "score", _docs(ScoreResponse, ScoreRequest)),
+    (
+        "post",
+        "/v1/models/{name}/{capability}",
+        "use",
+        {
+            "summary": "Use a capability of the model",
+            "description": "; ".join(
+                f"`{c.endpoint}`: {c.summary} (fields: {', '.join(c.fields)})"
+                for c in _BY_ENDPOINT.values()
+            ),
+        },
+    ),
+]
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return _error(exc.status_code, str(exc.detail))
+
+
+def make_api(service: Any = GenModelsService) -> FastAPI:
+    """The FastAPI app: its routes call ``service``'s methods (the class, for Serve's
+    class-based ingress; an instance, for a plain ASGI app: ``make_api(GenModelsService(cfg))``
+    runs the whole API in-process, without Ray). FastAPI's own ``/docs`` and ``/openapi.json``
+    are replaced by routes behind the API key and the ``docs`` flag."""
+    app = FastAPI(
+        title="genmodels",
+        version=genmodels.__version__,
+        description="Sample and score generative models from the MLflow registry.",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    for method, path, attr, options in ROUTES:
+        getattr(app, method)(path, **options)(getattr(service, attr))
+    return app
+
+
+api = make_api()
+
+
+@serve.deployment
+@serve.ingress(api)
+class GenModelsServer(GenModelsService):
+    """The Serve deployment: models loaded through ``@serve.multiplexed`` (LRU per replica,
+    routable by the ``serve_multiplexed_model_id`` header), pooled calls through ``@serve.batch``."""
+
+    def __init__(self, cfg: ServeConfig) -> None:
+        # MLflow's HTTP client retries 7 times with backoff by default (a lookup of a dead
+        # tracking server gave up after 249 s, holding a thread): bound it unless configured.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(cfg.registry_timeout_s) + 1))
+        super().__init__(cfg, serve.multiplexed(max_num_models_per_replica=cfg.max_models))
+        self._score_batch.set_max_batch_size(cfg.max_batch)
+        self._score_batch.set_batch_wait_timeout_s(cfg.batch_wait_s)
+
+    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.01, batch_size_fn=_rows)
+    async def _score_batch(self, items: list[_Item]) -> list[Any]:
+        return await self._run_batch(items)
+
+
 # -------------------------------------------------------------------------------- public API
 def build_app(
     tracking_uri: str | None,
@@ -697,6 +1010,7 @@ def build_app(
     max_ongoing_requests: int | None = None,
     ray_actor_options: dict[str, Any] | None = None,
     env_vars: dict[str, str] | None = None,
+    api_key: str | None = None,
     **settings: Any,
 ) -> serve.Application:
     """The bound application (pass it to ``serve.run``).
@@ -708,11 +1022,18 @@ def build_app(
             to ``max_batch`` so that a batch can fill with one-row requests.
         ray_actor_options: for the replicas (``num_cpus``, ``runtime_env``...).
         env_vars: environment of the replicas (e.g. ``MLFLOW_HTTP_REQUEST_TIMEOUT``).
+        api_key: the key clients must send (``Authorization: Bearer <key>``); default
+            ``$GENMODELS_API_KEY`` of this process. Only its SHA-256 goes into the deployment's
+            config. Without any key (here, ``api_key_file``, or the replicas' environment)
+            every endpoint is open: keep such a server on 127.0.0.1.
         **settings: the fields of ``ServeConfig``: ``max_batch=256``, ``request_timeout_s=30``,
             ``sample_limits=None`` ({family: n}), ``max_models=8``, ``batch_wait_s=0.01``,
             ``alias_ttl_s=10``.
     """
     settings["sample_limits"] = settings.get("sample_limits") or {}
+    api_key = api_key or os.environ.get(API_KEY_ENV)
+    if api_key:
+        settings["api_key_sha256"] = hashlib.sha256(api_key.strip().encode()).hexdigest()
     cfg = ServeConfig(tracking_uri=registry.resolve_tracking_uri(tracking_uri), **settings)
     actor = dict(ray_actor_options or {})
     if env_vars:
