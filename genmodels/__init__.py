@@ -10,6 +10,7 @@
 from . import (  # noqa: F401
     aae,
     avb,
+    cyclegan,
     dbm,
     fvsbn,
     gan,

@@ -60,6 +60,7 @@ TINY = {
     "ssgan": {"latent_dim": 4, "gen_hidden": (8,), "disc_hidden": (8, 8)},
     "m2vae": {"latent_dim": 2, "hidden_sizes": (8,), "eval_k": 8, "eval_chunk": 4},
     "pix2pix": {"channels": 4, "depth": 2, "disc_channels": 4},
+    "cyclegan": {"channels": 4, "depth": 1, "disc_channels": 4},
 }
 
 

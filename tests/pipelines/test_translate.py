@@ -4,6 +4,7 @@ over two workers and resumed after a killed worker."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +88,40 @@ def test_pix2pix_trains_through_the_ray_path_and_selects_on_validation_iou(tmp_p
         m["test_iou"], abs=1e-5
     )
     assert np.isfinite(m["test_l1"])
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("sync", [True, False])
+def test_cyclegan_four_networks_synchronise_over_two_workers_and_resume(
+    tmp_path, ray_session, sync
+):
+    """Two workers on different shards of an unpaired dataset, rank 1 SIGKILLed in epoch 1: the
+    group resumes from epoch 0's checkpoint with both optimisers' states (G+F, D_A+D_B), and DDP
+    keeps all four networks identical on both ranks; the control without gradient
+    synchronisation ends with different parameters."""
+    data = prepare_dataset("digits-negative-unpaired", seed=0).to_ray()
+    marker = tmp_path / "killed"
+    spec = spec_for(
+        tmp_path,
+        family="cyclegan",
+        dataset="digits-negative-unpaired",
+        model=dict(TINY["cyclegan"]),
+        num_workers=2,
+        max_steps_per_epoch=3,
+        sync_gradients=sync,
+        fail_at_epoch=1 if sync else None,
+        fail_marker=str(marker) if sync else None,
+    )
+    result = build_trainer(spec, data, None, None, name=f"cyc-{sync}").fit()
+    with result.checkpoint.as_directory() as d:
+        ranks = [torch.load(f, weights_only=True) for f in sorted(Path(d).glob("rank*.pt"))]
+    assert len(ranks) == 2
+    assert (ranks[0]["params_sha256"] == ranks[1]["params_sha256"]) is sync
+    if sync:
+        assert marker.read_text() == "1"
+        (resume,) = json.loads(result.metrics["resumes"])
+        assert resume["epoch"] == 1 and resume["steps"] == 3
+        assert resume["opt_steps"] == {"discriminator": 3, "generator": 3}
+        assert result.metrics["steps"] == 6 and np.isnan(result.metrics["val_score"])
+        assert "test_iou_a2b" in result.metrics and "test_iou_b2a" in result.metrics

@@ -1,0 +1,171 @@
+"""CycleGAN: unpaired image-to-image translation with cycle consistency (Zhu, Park, Isola & Efros
+2017, https://arxiv.org/abs/1703.10593).
+
+Two generators, G: A -> B and F: B -> A, and two discriminators, D_B (real b vs G(a)) and D_A
+(real a vs F(b)), trained on images of each domain that are *not* paired. The adversarial losses
+alone would let G map A onto B's distribution in any way; the cycle-consistency loss
+||F(G(a)) - a||_1 + ||G(F(b)) - b||_1 asks each map to be the other's inverse, which keeps the
+content of an image through the translation. An identity loss ||G(b) - b||_1 + ||F(a) - a||_1
+(the paper's, weight 0.5 x the cycle weight by default) discourages needless changes.
+
+Choices here (shared with ``genmodels.pix2pix``): U-Net generators (per-pixel probabilities),
+unconditional PatchGAN discriminators (one logit per patch of one image), Bernoulli draws with a
+straight-through gradient as fakes so D compares binary with binary, two phases
+``("discriminator", "generator")`` (D_A and D_B step together, G and F together), Adam (0.5,
+0.999). The cycle and identity terms are L1 on probabilities; the cycle goes through the
+generator's probabilities (not a draw), so its gradient is exact.
+
+Batches carry ``x`` (domain a) and ``x_target`` (domain b); in an unpaired dataset they come from
+disjoint rows, and nothing here assumes they match. ``translate(x, "a2b" | "b2a")`` is
+deterministic (pixels with p > 1/2). Selection: none (``selection_metric = None``, the final
+epoch): unpaired training uses no pair, not even to choose its weights; the validation IoU and
+L1 of both directions against the paired validation split are reported only.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .base import BaseConfig, GenerativeModel, SearchSpec, register
+from .pix2pix import (
+    PatchDiscriminator,
+    UNet,
+    adversarial,
+    check_translator_config,
+    foreground_iou,
+    gan_init,
+    mean_l1,
+    pair,
+    run_eval,
+    straight_through_bernoulli,
+)
+
+
+@dataclass(frozen=True)
+class CycleGANConfig(BaseConfig):
+    channels: int = 32
+    depth: int = 2
+    disc_channels: int = 32
+    cycle_weight: float = 10.0
+    identity_weight: float = 5.0
+    adv_weight: float = 1.0
+    beta1: float = 0.5
+    lr: float = 2e-4
+    domain_a: str = "a"
+    domain_b: str = "b"
+
+
+def cycle_loss(
+    a: Tensor, b: Tensor, forward: Callable[[Tensor], Tensor], backward: Callable[[Tensor], Tensor]
+) -> Tensor:
+    """``mean |backward(forward(a)) - a| + mean |forward(backward(b)) - b|``: zero exactly when
+    the two maps invert each other on these images."""
+    return (backward(forward(a)) - a).abs().mean() + (forward(backward(b)) - b).abs().mean()
+
+
+@register
+class CycleGAN(GenerativeModel):
+    family = "cyclegan"
+    likelihood = "none"
+    data_kinds = ("binary",)
+    Config = CycleGANConfig
+    phases = ("discriminator", "generator")
+    capabilities = frozenset({"translate"})
+    can_sample = False
+    batch_keys = ("x", "x_target")
+    directions = ("a2b", "b2a")
+    selection_metric = None
+    search_space = {
+        "channels": SearchSpec("choice", (16, 32)),
+        "cycle_weight": SearchSpec("choice", (5.0, 10.0)),
+        "lr": SearchSpec("loguniform", low=1e-4, high=1e-3),
+    }
+
+    def __init__(self, input_shape: tuple[int, ...], levels: int, config: CycleGANConfig) -> None:
+        super().__init__(input_shape, levels, config)
+        check_translator_config(self.family, self.input_shape, config)
+        for key in ("cycle_weight", "identity_weight"):
+            if getattr(config, key) < 0:
+                raise ValueError(f"cyclegan: {key} must be >= 0, got {getattr(config, key)}")
+        c = self.input_shape[0]
+        self.g_ab = UNet(c, c, config.channels, config.depth)
+        self.g_ba = UNet(c, c, config.channels, config.depth)
+        self.d_a = PatchDiscriminator(c, config.disc_channels)
+        self.d_b = PatchDiscriminator(c, config.disc_channels)
+        gan_init(self)
+
+    def phase_parameters(self, phase: str) -> Iterator[nn.Parameter]:
+        if phase == "discriminator":
+            return itertools.chain(self.d_a.parameters(), self.d_b.parameters())
+        if phase == "generator":
+            return itertools.chain(self.g_ab.parameters(), self.g_ba.parameters())
+        raise ValueError(f"cyclegan: unknown phase {phase!r}")
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        cfg = self.config
+        return {
+            p: torch.optim.Adam(
+                self.phase_parameters(p),
+                lr=cfg.lr,
+                betas=(cfg.beta1, 0.999),
+                weight_decay=cfg.weight_decay,
+            )
+            for p in self.phases
+        }
+
+    def to_b(self, a: Tensor) -> Tensor:
+        """G's probabilities for images of domain a."""
+        return torch.sigmoid(self.g_ab(a))
+
+    def to_a(self, b: Tensor) -> Tensor:
+        """F's probabilities for images of domain b."""
+        return torch.sigmoid(self.g_ba(b))
+
+    def forward(self, batch: Mapping[str, Tensor], phase: str = "main") -> dict[str, Tensor]:
+        a, b = pair(self.family, batch)
+        cfg = self.config
+        if phase == "discriminator":
+            with torch.no_grad():
+                fake_b = torch.bernoulli(self.to_b(a))
+                fake_a = torch.bernoulli(self.to_a(b))
+            loss = (
+                adversarial(self.d_b(b), True)
+                + adversarial(self.d_b(fake_b), False)
+                + adversarial(self.d_a(a), True)
+                + adversarial(self.d_a(fake_a), False)
+            )
+            return {"loss": loss, "d_loss": loss.detach()}
+        if phase == "generator":
+            pb, pa = self.to_b(a), self.to_a(b)
+            adv = adversarial(self.d_b(straight_through_bernoulli(pb)), True) + adversarial(
+                self.d_a(straight_through_bernoulli(pa)), True
+            )
+            cyc = (self.to_a(pb) - a).abs().mean() + (self.to_b(pa) - b).abs().mean()
+            idt = (self.to_b(b) - b).abs().mean() + (self.to_a(a) - a).abs().mean()
+            loss = cfg.adv_weight * adv + cfg.cycle_weight * cyc + cfg.identity_weight * idt
+            return {"loss": loss, "g_adv": adv.detach(), "cycle": cyc.detach(), "idt": idt.detach()}
+        raise ValueError(f"cyclegan: unknown phase {phase!r}")
+
+    def translate(
+        self, x: Tensor, direction: str = "a2b", generator: torch.Generator | None = None
+    ) -> Tensor:
+        self.check_direction(direction)
+        x = self.check_input(x)
+        net = self.g_ab if direction == "a2b" else self.g_ba
+        return run_eval(self, lambda: (net(x) > 0).to(x.dtype))
+
+    def validation_metrics(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """IoU and L1 of both directions against the batch's pairs (reported, not selected on)."""
+        a, b = pair(self.family, batch)
+        to_b, to_a = self.translate(a, "a2b"), self.translate(b, "b2a")
+        return {
+            "iou_a2b": foreground_iou(to_b, b),
+            "iou_b2a": foreground_iou(to_a, a),
+            "l1_a2b": mean_l1(to_b, b),
+            "l1_b2a": mean_l1(to_a, a),
+        }
