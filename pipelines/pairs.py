@@ -283,7 +283,8 @@ def prepare_pairs(
         "kind": "pairs",
         "mode": mode,
         "domains": list(domains),
-        "binarize": "threshold-0.5",
+        "binarize": "fixed",  # for pairs: a threshold at 1/2 (below)
+        "threshold": 0.5,
         "seed": seed,
         "split_sizes": sizes,
         "stratified": stratified,
