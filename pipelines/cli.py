@@ -423,10 +423,27 @@ def cmd_serve(args) -> int:
     from . import serve
 
     uri = _registry_uri(args)
+    key = None
+    if args.api_key_file:
+        try:
+            key = Path(args.api_key_file).read_text().strip()
+        except OSError as e:
+            raise CLIError(
+                f"cannot read --api-key-file {args.api_key_file}: {e.strerror}"
+            ) from None
+        if not key:
+            raise CLIError(f"--api-key-file {args.api_key_file} is empty")
+    key = key or os.environ.get(serve.API_KEY_ENV)
+    if not key and args.host not in ("127.0.0.1", "localhost", "::1"):
+        raise CLIError(
+            f"--host {args.host} without an API key: give --api-key-file FILE or set "
+            f"{serve.API_KEY_ENV} (clients then send 'Authorization: Bearer <key>')"
+        )
     check_port_free(args.host, args.port)
     _start_ray(args)
-    url = serve.start(uri, host=args.host, port=args.port)
-    print(f"serving at {url} (GET {url}/v1/models); Ctrl-C to stop")
+    url = serve.start(uri, host=args.host, port=args.port, api_key=key)
+    auth = "API key required" if key else "no API key: open to local clients"
+    print(f"serving at {url} (GET {url}/v1/models; {auth}); Ctrl-C to stop")
     try:
         while True:
             time.sleep(3600)
@@ -651,6 +668,12 @@ def make_parser() -> argparse.ArgumentParser:
     sp = command("serve", cmd_serve, "serve the registry over HTTP with Ray Serve")
     sp.add_argument("--host", default="127.0.0.1", help="interface to listen on (127.0.0.1)")
     sp.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    sp.add_argument(
+        "--api-key-file",
+        metavar="FILE",
+        help="clients must send 'Authorization: Bearer <key>' with the key in FILE (default: "
+        "$GENMODELS_API_KEY; none: open, allowed on 127.0.0.1 only)",
+    )
     add_registry_option(sp)
     add_ray_options(sp)
 

@@ -8,6 +8,7 @@ the registry, sends it real ``sample`` and ``score`` requests, prints a summary 
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.request
 from pathlib import Path
@@ -23,10 +24,16 @@ DEMO_FAMILIES = {
 }
 
 
+def _auth() -> dict[str, str]:
+    """The demo's server takes $GENMODELS_API_KEY when it is set (else it is open, on
+    127.0.0.1): send it then."""
+    key = os.environ.get("GENMODELS_API_KEY", "").strip()
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def _post(url: str, body: dict, timeout: float = 120.0) -> dict:
-    req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json", **_auth()}
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read())
 
@@ -80,7 +87,8 @@ def run_demo(epochs: int = 60, port: int = 8000, workers: int = 2, verbose: bool
             )
             scored = _post(f"{base}/v1/models/{name}/score", {"x": x_test[:8].tolist()})
             queries[family] = (grid, scored)
-        with urllib.request.urlopen(f"{base}/v1/models", timeout=30) as resp:
+        listing = urllib.request.Request(f"{base}/v1/models", headers=_auth())
+        with urllib.request.urlopen(listing, timeout=30) as resp:
             listed = json.loads(resp.read())
         n_models = len(listed.get("models", listed)) if isinstance(listed, dict) else len(listed)
     finally:

@@ -2,7 +2,9 @@
 
 One deployment, ``GenModelsServer``, with a FastAPI ingress::
 
-    GET  /healthz                        {"status": "ok"}
+    GET  /healthz                        {"status": "ok"} (liveness; open)
+    GET  /readyz                         the registry's state, what is cached (open; 503 when
+                                         the registry is down and nothing is cached)
     GET  /v1/models                      registered models, their aliases and aliased versions
     POST /v1/models/{name}/sample        {"n", "seed"?, "alias"="champion" | "version"?}
     POST /v1/models/{name}/score         {"x", "seed"?, "alias" | "version"?}  (log p(x) in nats)
@@ -19,9 +21,17 @@ field of ``sample`` and ``score``; it needs the matching ``condition:<key>`` cap
 
 Design:
 
+* Every endpoint but ``/healthz`` and ``/readyz`` needs the API key when one is configured
+  (``Authorization: Bearer <key>`` or ``X-API-Key``; ``api_key_file``, ``$GENMODELS_API_KEY``
+  or ``build_app(api_key=...)``; compared as SHA-256 digests in constant time) → else 401.
+  Without a key the API is open (local use); ``require_api_key`` (the cluster configs) refuses
+  to start without one. ``/docs`` and ``/openapi.json`` follow the ``docs`` flag.
+* A body over ``max_body_bytes`` is a 413 before it is parsed (Content-Length first; a chunked
+  body is cut off as soon as it passes the limit); bodies are decoded one at a time in a thread.
 * A request names a model (``<family>-<dataset>``) and an alias or version. The alias is resolved
-  to a version through the registry (cached ``alias_ttl_s`` seconds, so a moved alias is seen
-  within that time), then the model is loaded through ``@serve.multiplexed`` keyed by
+  to a version through the registry (on its own threads, under ``registry_timeout_s``; cached
+  ``alias_ttl_s`` seconds, then served stale while one background call revalidates it, for up to
+  ``max_stale_s``: a registry outage does not stop versions already resolved), then the model is loaded through ``@serve.multiplexed`` keyed by
   ``"name@version"``: versions are immutable, so the LRU cache of ``max_models`` models per replica
   is never stale. With several replicas a client may send the header
   ``serve_multiplexed_model_id: name@version`` to be routed to a replica that holds the model.
@@ -37,7 +47,8 @@ Design:
 * Errors are ``{"error": {"status", "message"}}``: 400 malformed JSON, 422 invalid body or input
   (including a ``ValueError`` the model raises on its input, and a capability the version lacks),
   404 unknown model/alias/version, 501 family not installed here, 503 registry unreachable,
-  504 deadline, 500 a logged bug.
+  504 deadline, 500 a logged bug; 401 and 413 above. A 503 or 500 names no path, URI or SQL
+  (the details are logged by the replica).
   The body is parsed here (not by FastAPI) so that bad JSON is a 400; the pydantic request models
   still document it in the OpenAPI schema (``/docs``).
 * Serve's per-request access log costs throughput (~3× here); turn it off with
@@ -165,6 +176,11 @@ class ServeConfig(BaseModel):
     max_body_bytes: int = Field(
         4 * 2**20, ge=1024, description="largest request body (413 above it, before parsing)"
     )
+    max_inflight_body_bytes: int = Field(
+        64 * 2**20,
+        ge=1024,
+        description="request body bytes a replica holds at once (503 above it)",
+    )
     api_key_file: str | None = Field(
         None, description="file on the replicas' nodes holding the API key(s), one per line"
     )
@@ -203,20 +219,42 @@ def _docs(model: type[BaseModel] | None = None, body: type[BaseModel] | None = N
     return doc
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+class _BodyBudget:
+    """The bytes of request bodies a replica holds at once (read, being decoded, or decoded and
+    in use until the request ends): past ``total``, a request is refused with a 503."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.used = total, 0
+
+    def take(self, request: Request, n: int) -> None:
+        if self.used + n > self.total:
+            raise ApiError(503, "too many large requests in flight; retry shortly")
+        self.used += n
+        request.state.body_bytes = getattr(request.state, "body_bytes", 0) + n
+
+    def release(self, request: Request) -> None:
+        self.used -= getattr(request.state, "body_bytes", 0)
+        request.state.body_bytes = 0
+
+
+async def _read_body(request: Request, limit: int, budget: _BodyBudget) -> bytes:
     """The raw body, at most ``limit`` bytes: a larger Content-Length is refused before a byte is
-    read, and a body without one (chunked) is refused as soon as it passes the limit."""
+    read, and a body without one (chunked) is refused as soon as it passes the limit. Its bytes
+    are taken from ``budget`` as they arrive (the declared size at once)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise ApiError(400, "malformed Content-Length header")
         if int(declared) > limit:
             raise ApiError(413, f"request body of {declared} bytes is over the limit of {limit}")
+        budget.take(request, int(declared))
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise ApiError(413, f"request body is over the limit of {limit} bytes")
+        if declared is None:
+            budget.take(request, len(chunk))
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -493,6 +531,7 @@ class GenModelsService:
         # One body decoded at a time: the JSON decoder holds the GIL for the whole body (a few
         # MB: tens to hundreds of ms), so a second one would only add its objects to memory.
         self._parse_slots = asyncio.Semaphore(1)
+        self._bodies = _BodyBudget(cfg.max_inflight_body_bytes)
         # ``models:/`` downloads resolve the model and its run through the process-wide URIs,
         # not the tracking URI passed to them (otherwise: "not found", and a stray ./mlflow.db).
         mlflow.set_tracking_uri(self.uri)
@@ -594,7 +633,7 @@ class GenModelsService:
         return None
 
     async def _parse(self, request: Request, model: type[BaseModel]) -> Any:
-        raw = await _read_body(request, self.cfg.max_body_bytes)
+        raw = await _read_body(request, self.cfg.max_body_bytes, self._bodies)
         async with self._parse_slots:
             return await asyncio.to_thread(_decode, raw, model)
 
@@ -607,6 +646,12 @@ class GenModelsService:
         whose message names no file, URI or SQL (details go to the replica's log)."""
         if denied := self._deny(request):
             return denied
+        try:
+            return await self._run(handler)
+        finally:
+            self._bodies.release(request)
+
+    async def _run(self, handler: Callable[[], Awaitable[Any]]) -> JSONResponse:
         task = asyncio.ensure_future(handler())  # copies the context: Serve's request context
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved if orphaned
         try:

@@ -12,6 +12,7 @@ import asyncio
 import json
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
@@ -46,8 +47,10 @@ def store(tmp_path_factory):
     return SimpleNamespace(uri=uri, made=made)
 
 
-def _app(uri: str, **settings) -> TestClient:
-    cfg = gm_serve.ServeConfig(tracking_uri=uri, **settings)
+def _app(uri: str | None = None, **settings) -> TestClient:
+    if uri is not None:
+        settings["tracking_uri"] = uri
+    cfg = gm_serve.ServeConfig(**settings)
     return TestClient(gm_serve.make_api(gm_serve.GenModelsService(cfg)))
 
 
@@ -71,6 +74,10 @@ def test_oversized_body_with_content_length_is_413(http):
     assert "over the limit of 65536" in _error(http.post(SCORE, content=body), 413)
     # the size is judged before the body is parsed: not even JSON is needed to be refused
     assert _error(http.post(SCORE, content=b"{" * (LIMIT + 1)), 413)
+    # ... and before it is read: a declared size over the limit is refused on its own
+    small = json.dumps({"x": ONE}).encode()
+    lying = http.post(SCORE, content=small, headers={"content-length": str(LIMIT + 1)})
+    assert "request body of 65537 bytes" in _error(lying, 413)
     small = json.dumps({"x": ONE}).encode()
     assert http.post(SCORE, content=small).status_code == 200
 
@@ -88,6 +95,43 @@ def test_oversized_body_without_content_length_is_413(http):
     assert "over the limit of 65536 bytes" in _error(r, 413)
     streamed_ok = http.post(SCORE, content=iter([b'{"x": ', json.dumps(ONE).encode(), b"}"]))
     assert streamed_ok.status_code == 200, streamed_ok.text
+
+
+def test_bodies_in_flight_are_bounded(store):
+    """With ``max_inflight_body_bytes`` = 64 KiB, a second 40 KB body while a first one (chunked)
+    is still arriving is a 503; once the first ends, the same body is served."""
+    cfg = gm_serve.ServeConfig(
+        tracking_uri=store.uri, max_body_bytes=LIMIT, max_inflight_body_bytes=LIMIT
+    )
+    service = gm_serve.GenModelsService(cfg)
+    app = gm_serve.make_api(service)
+    rows = json.dumps([ONE[0]] * 64)
+    body = ('{"x": ' + rows + ', "pad": "' + " " * (40_000 - len(rows)) + '"}').encode()
+
+    async def main():
+        gate = asyncio.Event()
+
+        async def slow():
+            yield body[:30_000]
+            await gate.wait()
+            yield body[30_000:]
+
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            first = asyncio.ensure_future(client.post(SCORE, content=slow()))
+            for _ in range(200):
+                if service._bodies.used:
+                    break
+                await asyncio.sleep(0.01)
+            second = await client.post(SCORE, content=body)
+            gate.set()
+            return await first, second, await client.post(SCORE, content=body)
+
+    first, second, third = asyncio.run(main())
+    assert "retry shortly" in _error(second, 503)
+    assert first.status_code == third.status_code == 422  # "pad" is not a field: but read
+    assert "pad" in third.json()["error"]["message"]
+    assert service._bodies.used == 0
 
 
 # ------------------------------------------------------------------------- malformed input
@@ -356,3 +400,22 @@ def test_fuzz_request_schemas_never_5xx(http, name, endpoint, body, raw):
     assert r.status_code < 500, (r.status_code, r.text, content[:300])
     if r.status_code >= 400:
         assert r.json()["error"]["status"] == r.status_code
+
+
+def test_cluster_serve_configs_require_a_key(store, tmp_path):
+    """cluster/serve-config.yaml (= the RayService's serveConfigV2): a key file, required, no
+    /docs; the replicas refuse to start where the key file is missing."""
+    import yaml
+
+    path = Path(__file__).parents[2] / "cluster" / "serve-config.yaml"
+    (app,) = yaml.safe_load(path.read_text())["applications"]
+    args = {k: v for k, v in app["args"].items() if k not in ("num_replicas", "sample_limits")}
+    cfg = gm_serve.ServeConfig(**{**args, "tracking_uri": store.uri})
+    assert cfg.require_api_key and cfg.api_key_file and not cfg.docs
+    with pytest.raises(FileNotFoundError):
+        gm_serve.GenModelsService(cfg)
+    key = tmp_path / "api-key"
+    key.write_text(KEY)
+    with _app(**{**args, "tracking_uri": store.uri, "api_key_file": str(key)}) as c:
+        assert c.get("/v1/models").status_code == 401
+        assert c.get("/v1/models", headers={"X-API-Key": KEY}).status_code == 200
