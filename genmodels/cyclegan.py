@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import BaseConfig, GenerativeModel, SearchSpec, register
+from .layers import adam_per_phase
 from .pix2pix import (
     PatchDiscriminator,
     UNet,
@@ -107,16 +108,7 @@ class CycleGAN(GenerativeModel):
         raise ValueError(f"cyclegan: unknown phase {phase!r}")
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        cfg = self.config
-        return {
-            p: torch.optim.Adam(
-                self.phase_parameters(p),
-                lr=cfg.lr,
-                betas=(cfg.beta1, 0.999),
-                weight_decay=cfg.weight_decay,
-            )
-            for p in self.phases
-        }
+        return adam_per_phase(self)
 
     def to_b(self, a: Tensor) -> Tensor:
         """G's probabilities for images of domain a."""

@@ -84,6 +84,7 @@ from .impute_chains import (
     impute_rows,
     inpaint_latents,
 )
+from .layers import adam_per_phase
 
 GeneratorLoss = Literal["non_saturating", "minimax"]
 
@@ -406,16 +407,7 @@ class GAN(GenerativeModel):
         raise ValueError(f"gan: unknown phase {phase!r}; phases are {self.phases}")
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        cfg = self.config
-        return {
-            phase: torch.optim.Adam(
-                self.phase_parameters(phase),
-                lr=cfg.lr,
-                betas=(cfg.beta1, 0.999),
-                weight_decay=cfg.weight_decay,
-            )
-            for phase in self.phases
-        }
+        return adam_per_phase(self)
 
     # ----------------------------------------------------------------------------- inference
     @torch.no_grad()

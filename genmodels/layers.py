@@ -124,3 +124,16 @@ class MaskedConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
+
+
+def adam_per_phase(model, weight_decay: float | None = None) -> dict[str, torch.optim.Optimizer]:
+    """One Adam per phase of an adversarial model, over ``model.phase_parameters(phase)``, with the
+    config's ``lr``, ``beta1`` (beta2 0.999, the DCGAN choice) and ``weight_decay``."""
+    cfg = model.config
+    decay = cfg.weight_decay if weight_decay is None else weight_decay
+    return {
+        phase: torch.optim.Adam(
+            model.phase_parameters(phase), lr=cfg.lr, betas=(cfg.beta1, 0.999), weight_decay=decay
+        )
+        for phase in model.phases
+    }

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import BaseConfig, GenerativeModel, SearchSpec, register
+from .layers import adam_per_phase
 
 
 @dataclass(frozen=True)
@@ -178,16 +179,7 @@ class Pix2Pix(GenerativeModel):
         raise ValueError(f"pix2pix: unknown phase {phase!r}")
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        cfg = self.config
-        return {
-            p: torch.optim.Adam(
-                self.phase_parameters(p),
-                lr=cfg.lr,
-                betas=(cfg.beta1, 0.999),
-                weight_decay=cfg.weight_decay,
-            )
-            for p in self.phases
-        }
+        return adam_per_phase(self)
 
     def forward(self, batch: Mapping[str, Tensor], phase: str = "main") -> dict[str, Tensor]:
         x, t = pair(self.family, batch)

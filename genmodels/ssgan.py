@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .base import BaseConfig, Condition, GenerativeModel, SearchSpec, register
+from .layers import adam_per_phase
 
 
 @dataclass(frozen=True)
@@ -289,16 +290,7 @@ class SSGAN(GenerativeModel):
         raise ValueError(f"ssgan: unknown phase {phase!r}; phases are {self.phases}")
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        cfg = self.config
-        return {
-            phase: torch.optim.Adam(
-                self.phase_parameters(phase),
-                lr=cfg.lr,
-                betas=(cfg.beta1, 0.999),
-                weight_decay=cfg.weight_decay,
-            )
-            for phase in self.phases
-        }
+        return adam_per_phase(self)
 
     # ----------------------------------------------------------------------------- inference
     @torch.no_grad()
