@@ -532,6 +532,9 @@ class GenModelsService:
         # MB: tens to hundreds of ms), so a second one would only add its objects to memory.
         self._parse_slots = asyncio.Semaphore(1)
         self._bodies = _BodyBudget(cfg.max_inflight_body_bytes)
+        # Open the registry client now (MLflow's store, the sqlite engine: seconds on a cold,
+        # loaded replica), not inside the first request's registry deadline.
+        self._registry_pool.submit(registry.ping, self.uri)
         # ``models:/`` downloads resolve the model and its run through the process-wide URIs,
         # not the tracking URI passed to them (otherwise: "not found", and a stray ./mlflow.db).
         mlflow.set_tracking_uri(self.uri)

@@ -31,6 +31,8 @@ APP = "genmodels-test"
 META = {"dataset": "toy", "fingerprint": "f1", "preprocessing": {}}
 SHAPE = (1, 3, 4)
 D = 12
+KEY = "serve-test-key-0123456789abcdef"
+LIMIT = 64 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +86,21 @@ def client(ray_session, store, serve_port):
     opts = {"ray_actor_options": {"num_cpus": 0}}
     down = gm_serve.build_app(f"http://127.0.0.1:{closed}", env_vars=fast_fail, **opts)
     slow = gm_serve.build_app(store.uri, request_timeout_s=1e-4, **opts)
+    # A registry deadline of 60 s, not 5: a cold replica's first registry calls took > 5 s with
+    # the 2 cores loaded 15x (measured); registry outages are tested in test_serve_hostile.py.
+    keyed = gm_serve.build_app(
+        store.uri,
+        api_key=KEY,
+        max_body_bytes=LIMIT,
+        docs=False,
+        registry_timeout_s=60,
+        **opts,
+    )
     serve.run_many(
         [
             serve.RunTarget(down, name=f"{APP}-down", route_prefix="/down"),
             serve.RunTarget(slow, name=f"{APP}-slow", route_prefix="/slow"),
+            serve.RunTarget(keyed, name=f"{APP}-keyed", route_prefix="/keyed"),
         ],
         wait_for_ingress_deployment_creation=False,
         wait_for_applications_running=False,
@@ -99,12 +112,13 @@ def client(ray_session, store, serve_port):
         max_batch=64,
         sample_limits={"made": 32},
         request_timeout_s=120,
+        registry_timeout_s=60,
         **opts,
     )
     print(f"serve start + run: {time.perf_counter() - t0:.1f} s")
     with httpx.Client(base_url=url, timeout=150) as http:
         yield http
-    for name in (f"{APP}-down", f"{APP}-slow"):
+    for name in (f"{APP}-down", f"{APP}-slow", f"{APP}-keyed"):
         serve.delete(name, _blocking=False)
     t0 = time.perf_counter()
     gm_serve.shutdown(APP)  # the last live app: Serve stops too
@@ -119,7 +133,7 @@ def error_apps(client):
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         apps = serve.status().applications
-        if all(apps[f"{APP}-{n}"].status == "RUNNING" for n in ("down", "slow")):
+        if all(apps[f"{APP}-{n}"].status == "RUNNING" for n in ("down", "slow", "keyed")):
             return
         time.sleep(0.2)
     pytest.fail(f"error apps not running: {apps}")
@@ -414,3 +428,34 @@ def test_app_builder_parses_string_args(store):
         gm_serve.app_builder({"tracking_uri": store.uri, "colour": "red"})
     with pytest.raises(ValueError, match="max_batch"):
         gm_serve.build_app(store.uri, max_batch=0)
+
+
+# ------------------------------------------------- the key and the body limit, through Serve
+def test_key_and_body_limit_through_the_proxy(client, error_apps):
+    """The ``/keyed`` app (an API key, a 64 KiB body limit, no /docs) through Serve's proxy:
+    401 without or with a wrong key, 200 with it, /healthz and /readyz open, 413 for an
+    oversized body with and without Content-Length, a huge version 422."""
+    auth = {"Authorization": f"Bearer {KEY}"}
+    for headers in ({}, {"Authorization": "Bearer nope"}):
+        _assert_error(client.get("/keyed/v1/models", headers=headers), 401, "API key")
+        _assert_error(client.post("/keyed" + SCORE, json={"x": ONE}, headers=headers), 401)
+    assert client.get("/keyed/v1/models", headers=auth).status_code == 200
+    r = client.post("/keyed" + SCORE, json={"x": ONE}, headers=auth)
+    assert r.status_code == 200 and len(r.json()["log_prob"]) == 1
+    assert client.get("/keyed/healthz").json() == {"status": "ok"}
+    ready = client.get("/keyed/readyz")
+    assert ready.status_code == 200 and ready.json()["registry"]["state"] == "up", ready.text
+    assert client.get("/keyed/openapi.json", headers=auth).status_code == 404  # docs=False
+    big = b'{"x": [' + b"[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], " * 2000 + b"[0]]}"
+    assert len(big) > LIMIT
+    _assert_error(client.post("/keyed" + SCORE, content=big, headers=auth), 413, "limit")
+
+    def chunks():
+        for i in range(0, len(big), 4096):
+            yield big[i : i + 4096]
+
+    r = client.post("/keyed" + SCORE, content=chunks(), headers=auth)
+    assert "content-length" not in {k.lower() for k in r.request.headers}
+    _assert_error(r, 413, "limit")
+    r = client.post("/keyed" + SCORE, json={"x": ONE, "version": 2**63}, headers=auth)
+    _assert_error(r, 422, "version")

@@ -419,3 +419,12 @@ def test_cluster_serve_configs_require_a_key(store, tmp_path):
     with _app(**{**args, "tracking_uri": store.uri, "api_key_file": str(key)}) as c:
         assert c.get("/v1/models").status_code == 401
         assert c.get("/v1/models", headers={"X-API-Key": KEY}).status_code == 200
+
+
+def test_cli_refuses_a_public_host_without_a_key(store, monkeypatch, capsys):
+    from pipelines.cli import main
+
+    monkeypatch.delenv(gm_serve.API_KEY_ENV, raising=False)
+    argv = ["serve", "--host", "0.0.0.0", "--port", "1", "--tracking-uri", store.uri]
+    assert main(argv) == 2
+    assert "without an API key" in capsys.readouterr().err

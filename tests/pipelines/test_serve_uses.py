@@ -50,6 +50,8 @@ def http(ray_session, serve_port, store):
         name=APP,
         route_prefix="/uses",
         max_batch=32,
+        # not 5 s: /v1/models on a cold replica took 7 s here with the 2 cores loaded 15x
+        registry_timeout_s=60,
         ray_actor_options={"num_cpus": 0},
     )
     with httpx.Client(base_url=url, timeout=60) as client:
