@@ -190,7 +190,9 @@ class ServeConfig(BaseModel):
     require_api_key: bool = Field(False, description="refuse to start without an API key")
     docs: bool = Field(True, description="serve /docs and /openapi.json (behind the key)")
     registry_timeout_s: float = Field(
-        5.0, gt=0, description="deadline of one registry call (then: stale answer or 503)"
+        15.0,  # a cold sqlite store under load took 7 s for one listing (measured); an outage
+        gt=0,  # still shows in 15 s, not the 249 s of MLflow's own retries
+        description="deadline of one registry call (then: stale answer or 503)",
     )
     max_stale_s: float = Field(
         600.0, ge=0, description="how long a cached alias→version serves while the registry fails"
