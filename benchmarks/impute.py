@@ -175,8 +175,10 @@ def baselines(data, yardstick, masks, x, y) -> dict:
 
 
 def write_tables(rows: dict, baseline: dict, meta: dict) -> None:
-    out = {"meta": meta, "baselines": baseline, "entries": rows}
-    (RESULTS / "impute.json").write_text(json.dumps(out, indent=2, sort_keys=True))
+    # The merged figures only: the picture's pixels stay in each entry's own row file.
+    slim = {e: {k: v for k, v in r.items() if k != "picture_rows"} for e, r in rows.items()}
+    out = {"meta": meta, "baselines": baseline, "entries": slim}
+    (RESULTS / "impute.json").write_text(json.dumps(out, indent=1, sort_keys=True))
     lines = [
         f"Imputation of the first {meta['n']} test digits (bundled MNIST, fixed binarisation); "
         f"{meta['imputations']} imputations per digit; masks fingerprint {meta['masks_fp']}; "
