@@ -200,8 +200,22 @@ def test_classify_returns_each_rows_class_log_probabilities(http, classifier):
     one = http.post("/v1/models/probeclf-toy/classify", json={"x": x[:1].tolist()}).json()
     assert torch.tensor(one["log_probs"]).shape == (1, 4)
     assert torch.allclose(torch.tensor(one["log_probs"]), want[:1], atol=1e-5)
-    models = {m["name"]: m for m in http.get("/v1/models").json()["models"]}
+    models = _listing_with(http, "probeclf-toy")
     assert models["probeclf-toy"]["versions"]["1"]["capabilities"] == ["classify"]
+
+
+def _listing_with(http, name: str, wait_s: float = 60.0) -> dict:
+    """``/v1/models`` once it lists ``name``: the listing is cached for ``alias_ttl_s`` (10 s) and
+    then revalidated in the background, so a version registered after an earlier listing shows up
+    within a TTL plus one request, not at once (bounded wait)."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        models = {m["name"]: m for m in http.get("/v1/models").json()["models"]}
+        if name in models or time.monotonic() > deadline:
+            return models
+        time.sleep(1.0)
 
 
 @pytest.mark.parametrize(
