@@ -57,6 +57,11 @@ def ray_session():
     import ray
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    # Serve kills an HTTP proxy that misses its ready check (5 s) or three health checks (10 s
+    # each): on a 2-core machine loaded 15x the proxy was killed before it ever ran and every
+    # test of a module errored at setup (seen in a full run). Inherited by the Serve controller.
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
+    os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "60")
     if ray.is_initialized():  # someone (a plugin, a caller) started one: use it, never stop it
         yield ray
         return
