@@ -148,7 +148,9 @@ def test_train_job_spreads_over_both_nodes(cluster, tmp_path):
         cluster.dashboard_url,
         train_job_entrypoint(tmp_path),
         token_file=cluster.token_file,
-        timeout_s=360,
+        # 315 s measured alone on the loaded 2-core machine: 360 s left no headroom (it failed in
+        # a full run beside other heavy jobs); still inside the module's 600-s pytest time-out
+        timeout_s=540,
         log_stream=stream,
     )
     logs = stream.getvalue()
