@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -126,6 +126,28 @@ def one_hot(labels: Tensor, k: int, like: Tensor) -> Tensor:
 def marginal(per_label: Tensor) -> Tensor:
     """log (1/K) sum_y p(x | y) from ``(B, K)`` conditional log-likelihoods."""
     return torch.logsumexp(per_label, 1) - math.log(per_label.shape[1])
+
+
+def exact_log_prob(
+    model: GenerativeModel,
+    x: Tensor,
+    condition: Condition,
+    log_prob_given: Callable[[Tensor, Tensor | None], Tensor],
+) -> Tensor:
+    """log p(x | y) for a given label (``log_prob_given(x, labels)``, labels None when the model
+    is unconditional); a conditional model without a label gives the uniform label mixture's
+    log p(x), summed over every label exactly. Checks the condition and the input first."""
+    given = model.check_condition(condition)
+    x = model.check_input(x)
+    if given is not None:
+        return log_prob_given(x, check_labels(model, given["label"], len(x)))
+    if not model.num_labels:
+        return log_prob_given(x, None)
+    per_label = [
+        log_prob_given(x, torch.full((len(x),), y, dtype=torch.long))
+        for y in range(model.num_labels)
+    ]
+    return marginal(torch.stack(per_label, 1))
 
 
 def method_name(model: GenerativeModel, base: str, condition: Condition) -> str:

@@ -184,17 +184,7 @@ class MADE(ar.AutoregressiveImpute, GenerativeModel):
     ) -> Tensor:
         """Exact log p(x); given ``condition={"label": y}``, the exact conditional log p(x | y);
         a conditional model without one gives the uniform label mixture's log p(x)."""
-        given = self.check_condition(condition)
-        x = self.check_input(x)
-        if given is not None:
-            return self._log_prob_given(x, conditional.check_labels(self, given["label"], len(x)))
-        if not self.num_labels:
-            return self._log_prob_given(x, None)
-        per_label = [
-            self._log_prob_given(x, torch.full((len(x),), y, dtype=torch.long))
-            for y in range(self.num_labels)
-        ]
-        return conditional.marginal(torch.stack(per_label, 1))
+        return conditional.exact_log_prob(self, x, condition, self._log_prob_given)
 
     def score(
         self, x: Tensor, generator: torch.Generator | None = None, condition: Condition = None

@@ -271,17 +271,7 @@ class PixelCNN(ar.AutoregressiveImpute, GenerativeModel):
     ) -> Tensor:
         """Exact log p(x); given ``condition={"label": y}``, the exact conditional log p(x | y);
         a conditional model without one gives the uniform label mixture's log p(x)."""
-        given = self.check_condition(condition)
-        x = self.check_input(x)
-        if given is not None:
-            return self._log_prob(x, conditional.check_labels(self, given["label"], len(x)))
-        if not self.num_labels:
-            return self._log_prob(x)
-        per_label = [
-            self._log_prob(x, torch.full((len(x),), y, dtype=torch.long))
-            for y in range(self.num_labels)
-        ]
-        return conditional.marginal(torch.stack(per_label, 1))
+        return conditional.exact_log_prob(self, x, condition, self._log_prob)
 
     def score(
         self, x: Tensor, generator: torch.Generator | None = None, condition: Condition = None
