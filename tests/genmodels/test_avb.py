@@ -237,6 +237,45 @@ def test_with_the_exact_ratio_the_scores_are_the_elbo_and_iwae(estimator, adapti
         assert (res.log_prob - log_px).abs().max() < 0.1
 
 
+def test_the_default_score_is_a_stochastic_lower_bound_by_quadrature():
+    """eval="is" (the default): E[log (1/k) sum p(x, z_i) / r(z_i|x)] <= log p(x) for the
+    Gaussian proposal r, whatever T and q are; tight as k grows. log p(x) by quadrature over the
+    1-D latent. Control: a proposal that misstates its density (drops -log sd, as if r were
+    N(mu, 1) while drawing from N(mu, sd^2), sd < 1) lands above log p(x) and the check sees it."""
+    model = known_posterior_model(s=S).double().eval()  # eval="is" by default
+    assert model.likelihood == "bound" and genmodels.avb.AVB.likelihood == "bound"
+    x = STATES.double()
+    with torch.no_grad():
+        log_px, _ = exact_log_marginal_and_elbo(model, x, s=S)
+
+        def mean_small_k(m, repeats=300, k=2):
+            g = torch.Generator().manual_seed(7)
+            runs = torch.stack([m.score(x, g, k=k).log_prob for _ in range(repeats)])
+            return runs.mean(0), runs.std(0) / math.sqrt(repeats)
+
+        mean, se = mean_small_k(model)
+        assert (mean <= log_px + 3 * se).all()  # below log p(x), per input
+        big = model.score(x, torch.Generator().manual_seed(1), k=4000)
+        assert big.method == "avb-is-gauss-k=4000"
+        assert ((big.log_prob - log_px).abs() < 4 * big.stderr + 0.01).all()  # consistent
+
+        honest = model.proposal
+
+        def misstated(x_, generator):
+            draw = honest(x_, generator)
+
+            def wrong(m):
+                z, log_r = draw(m)
+                sd = model.contrast(x_, generator)[1]  # ~S: the fitted sd
+                return z, log_r + sd.log().sum(-1)  # drops the -log sd of the density
+
+            return wrong
+
+        model.proposal = misstated
+        bad, bad_se = mean_small_k(model)
+    assert (bad > log_px + 3 * bad_se).any()
+
+
 def test_adaptive_contrast_measures_the_kl_of_a_narrow_posterior():
     """Why adaptive contrast exists: q(z|x) = N(mu(x), 0.05^2 I) in 2-D, KL(q || p) ≈ 5.4 nats.
     After the same short training of T, the plain estimate (T alone, trained to tell q from
@@ -361,7 +400,7 @@ def test_stderr_shrinks_with_k_and_iw_is_above_elbo(adaptive_contrast):
         # at k = 1600: 4 chunks (plain), or 64 of 25 draws = 400 // 16 contrast draws (AC)
         "eval_chunk": 400,
     }
-    model = genmodels.build("avb", input_shape=(8,), **config).eval()
+    model = genmodels.build("avb", input_shape=(8,), eval="elbo", **config).eval()
     iw = genmodels.build("avb", input_shape=(8,), eval="iw", **config).eval()
     iw.load_state_dict(model.state_dict())
     x = toy_data(5)
