@@ -162,7 +162,7 @@ def test_nextframe_trains_through_the_ray_path(tmp_path: Path, ray_session):
 
     prepared = prepare_dataset("moving-mnist-1", seed=0, limit=60)
     data = prepared.to_ray()
-    batch = next(data.splits["train"].iter_torch_batches(batch_size=4))
+    batch = next(iter(data.splits["train"].iter_torch_batches(batch_size=4)))
     assert batch["x"].shape == (4, 10, 1, 32, 32) and batch["x"].dtype == torch.float32
     spec = TrainSpec(
         family="nextframe",
