@@ -18,6 +18,7 @@ from . import (  # noqa: F401
     m2vae,
     made,
     nade,
+    nextframe,
     pix2pix,
     pixelcnn,
     rbm,

@@ -18,6 +18,9 @@ attributes, everything the pipelines need to treat it generically:
   ``"x_target"``): a dataset kind declares its ``batch_columns`` and the trainer checks that it
   has every key before Ray starts;
 * ``directions``: what ``translate`` accepts (``"a2b"``, ``"b2a"``), for a family that translates;
+* ``input_ranks``: the example shapes it models, by rank: ``(1, 3)`` = ``(D,)`` or
+  ``(C, H, W)`` (the default); a sequence predictor models ``(T, C, H, W)`` (rank 4: a
+  sequence dataset's ``x`` is one whole sequence);
 * ``selection_metric``: for a family with neither a likelihood nor an unconditional ``sample``,
   the key of ``validation_metrics`` the trainer selects on (higher is better); ``None``: the run
   keeps its final epoch.
@@ -50,6 +53,9 @@ Likelihood = Literal["exact", "bound", "estimate", "none"]
 DataKind = Literal["binary", "discrete"]
 
 _FAMILIES: dict[str, type[GenerativeModel]] = {}
+
+
+_RANK_NAMES = {1: "(D,)", 3: "(C, H, W)", 4: "(T, C, H, W)"}
 
 
 class NoLikelihoodError(NotImplementedError):
@@ -224,14 +230,15 @@ class GenerativeModel(nn.Module):
     batch_keys: ClassVar[tuple[str, ...]] = ("x",)
     directions: ClassVar[tuple[str, ...]] = ()
     selection_metric: ClassVar[str | None] = None
+    input_ranks: ClassVar[tuple[int, ...]] = (1, 3)
 
     def __init__(self, input_shape: tuple[int, ...], levels: int, config: BaseConfig) -> None:
         super().__init__()
         input_shape = tuple(int(s) for s in input_shape)
-        if len(input_shape) not in (1, 3) or any(s <= 0 for s in input_shape):
+        if len(input_shape) not in self.input_ranks or any(s <= 0 for s in input_shape):
+            want = " or ".join(_RANK_NAMES[r] for r in self.input_ranks)
             raise ValueError(
-                f"{self.family}: input_shape must be (D,) or (C, H, W) with positive sizes, "
-                f"got {input_shape}"
+                f"{self.family}: input_shape must be {want} with positive sizes, got {input_shape}"
             )
         kind: DataKind = "binary" if levels == 2 else "discrete"
         if levels < 2 or kind not in self.data_kinds:

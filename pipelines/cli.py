@@ -104,12 +104,16 @@ def build_spec(args: argparse.Namespace) -> TrainSpec:
 def _check_dataset(source: str) -> None:
     """Fail before Ray starts when the dataset is neither a known name nor a path/URI."""
     from .data import dataset_names
+    from .pairs import is_pair_source
+    from .sequences import is_sequence_source
 
     if source in dataset_names() or ":" in source or Path(source).expanduser().exists():
         return
+    if is_pair_source(source) or is_sequence_source(source):  # generated kinds
+        return
     raise CLIError(
-        f"unknown dataset {source!r}: not one of {', '.join(dataset_names())} "
-        "and no such file or directory"
+        f"unknown dataset {source!r}: not one of {', '.join(dataset_names())} (or a generated "
+        "kind: mnist-edge-paired, moving-mnist...) and no such file or directory"
     )
 
 

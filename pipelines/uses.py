@@ -1,5 +1,5 @@
 """What the uses of a model look like outside Python: pictures of imputations, and the CLI
-commands ``genmodels impute`` / ``embed`` / ``classify`` / ``translate`` (hooked into
+commands ``genmodels impute`` / ``embed`` / ``classify`` / ``translate`` / ``predict`` (hooked into
 ``pipelines.cli``).
 
 Generic over families: everything goes through the protocol (``impute``, ``embed``) and the
@@ -427,6 +427,108 @@ def cmd_translate(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    """``genmodels predict``: roll out the last ``--steps`` frames of the first ``--n`` sequences
+    of a split of the version's own sequence data (or ``--dataset``) from the frames before them,
+    write true | predicted rows (``--compare``: a second model's row too) and print the per-pixel
+    MSE (on [0, 1]) per step beside the copy-last-frame baseline."""
+    import torch
+
+    from .cli import CLIError, _evaluation_data, _load, _registry_uri
+
+    if not 1 <= args.n <= 16:
+        raise CLIError(f"bad value {args.n} for --n (1..16 sequences)")
+    uri = _registry_uri(args)
+    models = []
+    for ref_name in [args.model] + ([args.compare] if args.compare else []):
+        ref = args.ref if ref_name == args.model else "champion"
+        sub = argparse_copy(args, model=ref_name, ref=ref)
+        model, info = _load(sub, uri)
+        name = f"{ref_name} v{info['version']}"
+        _require(model, "predict", name)
+        models.append((ref_name, name, model, info))
+    prepared = _evaluation_data(args, models[0][3])
+    if not hasattr(prepared, "seqs"):
+        raise CLIError(
+            f"{prepared.name!r} is not a sequence dataset (no frames to predict): pass --dataset "
+            "with one, e.g. moving-mnist"
+        )
+    x = prepared.arrays(args.split)["x"][: args.n]
+    t = x.shape[1]
+    if not 1 <= args.steps < t:
+        raise CLIError(
+            f"bad value {args.steps} for --steps (1..{t - 1}: sequences have {t} frames)"
+        )
+    past, truth = x[:, : t - args.steps], x[:, t - args.steps :]
+    scale = prepared.levels - 1
+    copy = ((past[:, -1:] - truth) / scale) ** 2  # the copy-last-frame baseline
+    copy_mse = copy.reshape(len(x), args.steps, -1).mean((0, 2))
+    results, preds = [], []
+    for _ref, name, model, _ in models:
+        if tuple(model.input_shape[1:]) != tuple(x.shape[2:]):
+            raise CLIError(
+                f"{name} predicts frames of shape {tuple(model.input_shape[1:])}; "
+                f"{prepared.name!r} has {tuple(x.shape[2:])}"
+            )
+        pred = model.predict(torch.from_numpy(past), steps=args.steps).numpy()
+        mse = (((pred - truth) / scale) ** 2).reshape(len(x), args.steps, -1).mean((0, 2))
+        preds.append(pred)
+        results.append({"mse": mse})
+    path = Path(args.out)
+    frame_shape = tuple(x.shape[2:])
+    if path.suffix.lower() == ".npz":
+        np.savez_compressed(
+            path, past=past, truth=truth, **{f"predicted_{i}": p for i, p in enumerate(preds)}
+        )
+    elif path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+        rows, labels = [], []
+        for i in range(len(x)):
+            ctx = list(to_images(past[i], frame_shape, prepared.levels))
+            rows.append(ctx + list(to_images(truth[i], frame_shape, prepared.levels)))
+            labels.append(f"{i}: true")
+            for (ref_name, *_rest), pred in zip(models, preds):
+                rows.append(ctx + list(to_images(pred[i], frame_shape, prepared.levels)))
+                labels.append(f"{i}: {ref_name}")
+        save_rows(rows, path, labels=labels)
+    else:
+        raise CLIError(
+            f"--out {path}: unsupported suffix {path.suffix or '(none)'!r}; use .png or .npz"
+        )
+    result = {
+        "split": args.split,
+        "n": len(x),
+        "context_frames": t - args.steps,
+        "steps": args.steps,
+        "mse_convention": "per pixel on the [0, 1] scale, mean over sequences",
+        "copy_last_mse": copy_mse.tolist(),
+        "models": [
+            {"model": m[0], "version": m[3]["version"], "mse": r["mse"].tolist()}
+            for m, r in zip(models, results)
+        ],
+        "out": str(path),
+    }
+    if args.json:
+        print(dumps(result))
+        return 0
+    print(
+        f"predicted {args.steps} frames after {t - args.steps} for {len(x)} {args.split} "
+        f"sequences of {prepared.name}; per-pixel MSE on [0, 1] per step:"
+    )
+    print("step  " + "  ".join(f"{m[1]:>14}" for m in models) + "       copy-last")
+    for k in range(args.steps):
+        cells = "  ".join(f"{r['mse'][k]:>14.5f}" for r in results)
+        print(f"t+{k + 1:<3} {cells}  {copy_mse[k]:>14.5f}")
+    print(f"wrote {path}")
+    return 0
+
+
+def argparse_copy(args, **changes):
+    """A copy of an ``argparse.Namespace`` with ``changes``."""
+    import argparse
+
+    return argparse.Namespace(**{**vars(args), **changes})
+
+
 def _iou(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     p, t = pred.reshape(len(pred), -1) > 0.5, truth.reshape(len(truth), -1) > 0.5
     inter, union = (p & t).sum(1), (p | t).sum(1)
@@ -500,6 +602,32 @@ def add_use_commands(command, add_model_options, add_registry_option) -> None:
     sp.add_argument("--n", type=int, help="only the first N examples")
     sp.add_argument(
         "--batch-size", type=int, default=500, help="examples per model call (default 500)"
+    )
+    sp.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_registry_option(sp)
+
+    sp = command(
+        "predict",
+        cmd_predict,
+        "predict the next frames of sequences with a registered model: true | predicted rows",
+        "Roll out the last --steps frames of the first --n sequences of a split of the "
+        "version's own sequence data (rebuilt exactly) or of --dataset from the frames before "
+        "them, write a strip (per sequence: the true row, then each model's: context frames, "
+        "then its predictions) and print the per-pixel MSE per step beside the copy-last-frame "
+        "baseline. No Ray needed.",
+    )
+    add_model_options(sp)
+    sp.add_argument("--n", type=int, default=4, help="sequences (1..16, default 4)")
+    sp.add_argument("--steps", type=int, default=5, help="frames to predict (default 5)")
+    sp.add_argument(
+        "--split", default="test", choices=["train", "validation", "test"], help="(default test)"
+    )
+    sp.add_argument("--compare", metavar="NAME", help="a second model's row (its champion)")
+    sp.add_argument(
+        "--dataset", metavar="NAME", help="other sequence data (default: the version's)"
+    )
+    sp.add_argument(
+        "--out", default="predict.png", metavar="FILE", help=".png strip or .npz arrays"
     )
     sp.add_argument("--json", action="store_true", help="print the result as JSON")
     add_registry_option(sp)

@@ -61,7 +61,10 @@ TINY = {
     "m2vae": {"latent_dim": 2, "hidden_sizes": (8,), "eval_k": 8, "eval_chunk": 4},
     "pix2pix": {"channels": 4, "depth": 2, "disc_channels": 4},
     "cyclegan": {"channels": 4, "depth": 1, "disc_channels": 4},
+    "nextframe": {"context": 2, "channels": 4, "depth": 1, "disc_channels": 4},
 }
+# A family that models another example shape than SHAPE (a sequence predictor: (T, C, H, W)).
+SHAPES = {"nextframe": (3, *SHAPE)}
 
 
 # Options that change a family's structure get their own contract run: "family+variant".
@@ -88,6 +91,10 @@ VARIANTS = {
     "rbm+cd": ("rbm", {**TINY["rbm"], "persistent": False, "cd_k": 1}),
     "aae+gaussian": ("aae", {**TINY["aae"], "encoder": "gaussian"}),
     "avb+iw": ("avb", {**TINY["avb"], "eval": "iw"}),
+    "nextframe+adversarial": (
+        "nextframe",
+        {**TINY["nextframe"], "adv_weight": 0.05, "gdl_weight": 1.0},
+    ),
 }
 CASES = sorted(TINY) + sorted(VARIANTS)
 
@@ -95,7 +102,7 @@ CASES = sorted(TINY) + sorted(VARIANTS)
 def tiny(name: str, seed: int = 0) -> genmodels.GenerativeModel:
     family, config = VARIANTS.get(name, (name, TINY.get(name, {})))
     torch.manual_seed(seed)
-    return genmodels.build(family, input_shape=SHAPE, **config)
+    return genmodels.build(family, input_shape=SHAPES.get(family, SHAPE), **config)
 
 
 def batch(n: int = 6) -> torch.Tensor:
@@ -105,19 +112,22 @@ def batch(n: int = 6) -> torch.Tensor:
 def train_batch(model: genmodels.GenerativeModel, n: int = 6) -> dict[str, torch.Tensor]:
     """A batch with every column the family trains on (``batch_keys``), each x-shaped."""
     g = torch.Generator().manual_seed(1)
-    return {k: torch.bernoulli(torch.full((n, *SHAPE), 0.4), generator=g) for k in model.batch_keys}
+    shape = model.input_shape
+    return {k: torch.bernoulli(torch.full((n, *shape), 0.4), generator=g) for k in model.batch_keys}
 
 
 def output(model: genmodels.GenerativeModel, n: int, seed: int, inputs: int = 2) -> torch.Tensor:
     """What a family generates under a seed: ``sample`` or, for a family without an
     unconditional sample (``can_sample = False``), ``translate`` of a fixed input batch
-    (``inputs`` seeds it) in its first direction."""
+    (``inputs`` seeds it) in its first direction, or ``predict`` (2 steps) after it."""
     g = torch.Generator().manual_seed(seed)
     if model.can_sample:
         return model.sample(n, generator=g)
     x = torch.bernoulli(
-        torch.full((n, *SHAPE), 0.4), generator=torch.Generator().manual_seed(inputs)
+        torch.full((n, *model.input_shape), 0.4), generator=torch.Generator().manual_seed(inputs)
     )
+    if "predict" in model.capabilities:
+        return model.predict(x, steps=2, generator=g)
     return model.translate(x, model.directions[0], generator=g)
 
 
@@ -146,8 +156,9 @@ class TestContract:
         assert cls.phases and cls.sample_limit > 0
         assert "x" in cls.batch_keys
         assert ("translate" in cls.capabilities) == bool(cls.directions)
+        shape = SHAPES.get(family, SHAPE)
         assert (
-            "sample" in genmodels.build(family, SHAPE, **TINY.get(family, {})).capabilities
+            "sample" in genmodels.build(family, shape, **TINY.get(family, {})).capabilities
         ) == (cls.can_sample)
         if not cls.can_sample and cls.likelihood == "none":  # the trainer must select on something
             assert cls.selection_metric is None or isinstance(cls.selection_metric, str)
@@ -156,7 +167,12 @@ class TestContract:
             assert key in {f.name for f in dataclasses.fields(cfg)}
 
     def test_sample_shape_and_data_space(self, name):
-        x = output(tiny(name), 5, seed=0)
+        model = tiny(name)
+        x = output(model, 5, seed=0)
+        if "predict" in model.capabilities:  # expected values (floats) of 2 predicted frames
+            assert x.shape == (5, 2, *model.input_shape[1:])
+            assert x.min() >= 0 and x.max() <= model.levels - 1
+            return
         assert x.shape == (5, *SHAPE)
         assert set(x.unique().tolist()) <= {0.0, 1.0}
 
@@ -220,6 +236,16 @@ class TestContract:
                     model.translate(torch.full((2, *SHAPE), 0.5), d)
                 with pytest.raises(ValueError, match="unknown direction 'sideways'; known: "):
                     model.translate(batch(2), "sideways")
+            if "predict" in model.capabilities:  # wrong frame size, too few frames, bad values
+                t, *frame = model.input_shape
+                with pytest.raises(ValueError, match="frames must be"):
+                    model.predict(torch.zeros(2, t, 1, 5, 5), steps=1)
+                with pytest.raises(ValueError, match="at least"):
+                    model.predict(torch.zeros(2, 1, *frame), steps=1)
+                with pytest.raises(ValueError, match=r"integers in 0\.\.1"):
+                    model.predict(torch.full((2, t, *frame), 0.5), steps=1)
+                with pytest.raises(ValueError, match="steps"):
+                    model.predict(torch.zeros(2, t, *frame), steps=0)
             return
         res = model.score(batch(4), generator=torch.Generator().manual_seed(0))
         assert res.log_prob.shape == (4,) and (res.log_prob < 0).all()
