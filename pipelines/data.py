@@ -121,6 +121,51 @@ class LoadedDataset:
         return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64)
 
 
+def column_dataset(columns: dict[str, np.ndarray], dtypes: dict[str, str]) -> ray.data.Dataset:
+    """A lazy Ray Dataset of NumPy ``columns`` (row i = index i of each), in blocks of
+    ``_BLOCK_ROWS`` rows with the order preserved, each column cast to its ``dtypes`` entry as it
+    is read (arrays are stored compact, e.g. uint8 images, and shipped as float32). Dataset kinds
+    with extra columns (``pipelines.pairs``, ``pipelines.sequences``) build their splits here."""
+    n = len(next(iter(columns.values())))
+    chunks = np.array_split(np.arange(n), max(1, math.ceil(n / _BLOCK_ROWS)))
+    tables = [
+        pa.table(
+            {
+                k: ArrowTensorArray.from_numpy(v[r]) if v.ndim > 1 else v[r]
+                for k, v in columns.items()
+            }
+        )
+        for r in chunks
+    ]
+    ds = ray.data.from_arrow(tables)
+    ds.context.execution_options.preserve_order = True
+    cast = functools.partial(_cast_columns, dtypes=dict(dtypes))
+    return ds.map_batches(cast, batch_size=None, batch_format="numpy", num_cpus=0.25)
+
+
+def _cast_columns(batch: dict, dtypes: dict[str, str]) -> dict:
+    return {k: v.astype(dtypes.get(k, v.dtype)) for k, v in batch.items()}
+
+
+def loaded_dataset(prepared, splits: dict[str, ray.data.Dataset]) -> LoadedDataset:
+    """The ``LoadedDataset`` of a prepared dataset of any kind and its Ray splits (its
+    ``batch_columns`` travel with it)."""
+    return LoadedDataset(
+        name=prepared.name,
+        input_shape=prepared.input_shape,
+        levels=prepared.levels,
+        raw_levels=prepared.raw_levels,
+        binarize=prepared.binarize,
+        splits=splits,
+        sizes=prepared.sizes,
+        fingerprint=prepared.fingerprint,
+        preprocessing=prepared.preprocessing,
+        source=prepared.source,
+        source_fingerprint=prepared.source_fingerprint,
+        columns=prepared.batch_columns,
+    )
+
+
 def dataset_names() -> list[str]:
     """The names of the built-in datasets (no download needed)."""
     return sorted(_CATALOGUE)
@@ -247,22 +292,11 @@ class PreparedDataset:
             return "probabilities" if self.binarize == "dynamic" and split == "train" else "binary"
 
         y = self.visible_labels()  # hidden labels never reach a Ray block
-        return LoadedDataset(
-            name=self.name,
-            input_shape=self.input_shape,
-            levels=self.levels,
-            raw_levels=self.raw_levels,
-            binarize=self.binarize,
-            splits={
-                s: _to_ray(self.raw, y, self.rows[s], how(s), self.raw_levels, self.seed)
-                for s in SPLITS
-            },
-            sizes=self.sizes,
-            fingerprint=self.fingerprint,
-            preprocessing=self.preprocessing,
-            source=self.source,
-            source_fingerprint=self.source_fingerprint,
-        )
+        splits = {
+            s: _to_ray(self.raw, y, self.rows[s], how(s), self.raw_levels, self.seed)
+            for s in SPLITS
+        }
+        return loaded_dataset(self, splits)
 
 
 def dataset_name(source: str) -> str:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,54 +156,21 @@ class PreparedPairs:
 
     def to_ray(self):
         """The splits as lazy Ray Datasets with columns ``x``, ``x_target``, ``y``."""
-        from .data import SPLITS, LoadedDataset
+        from .data import SPLITS, column_dataset, loaded_dataset
 
-        return LoadedDataset(
-            name=self.name,
-            input_shape=self.input_shape,
-            levels=self.levels,
-            raw_levels=self.raw_levels,
-            binarize=self.binarize,
-            splits={s: _to_ray(self, s) for s in SPLITS},
-            sizes=self.sizes,
-            fingerprint=self.fingerprint,
-            preprocessing=self.preprocessing,
-            source=self.source,
-            source_fingerprint=self.source_fingerprint,
-            columns=self.batch_columns,
-        )
-
-
-def _to_ray(data: PreparedPairs, split: str):
-    import pyarrow as pa
-    import ray.data
-    from ray.data.extensions import ArrowTensorArray
-
-    from .data import _BLOCK_ROWS
-
-    rows, trows = data.rows[split], data.target_rows[split]
-    n_chunks = math.ceil(len(rows) / _BLOCK_ROWS)
-    tables = [
-        pa.table(
-            {
-                "x": ArrowTensorArray.from_numpy(data.raw[r]),
-                "x_target": ArrowTensorArray.from_numpy(data.target[t]),
-                "y": data.y[r],
-            }
-        )
-        for r, t in zip(np.array_split(rows, n_chunks), np.array_split(trows, n_chunks))
-    ]
-    ds = ray.data.from_arrow(tables)
-    ds.context.execution_options.preserve_order = True
-    return ds.map_batches(_as_float, batch_size=None, batch_format="numpy", num_cpus=0.25)
-
-
-def _as_float(batch: dict) -> dict:
-    return {
-        "x": batch["x"].astype(np.float32),
-        "x_target": batch["x_target"].astype(np.float32),
-        "y": batch["y"].astype(np.int64),
-    }
+        dtypes = {k: dtype for k, (dtype, _) in self.batch_columns.items()}
+        splits = {
+            s: column_dataset(
+                {
+                    "x": self.raw[self.rows[s]],
+                    "x_target": self.target[self.target_rows[s]],
+                    "y": self.y[self.rows[s]],
+                },
+                dtypes,
+            )
+            for s in SPLITS
+        }
+        return loaded_dataset(self, splits)
 
 
 def _threshold(x: np.ndarray, levels: int) -> np.ndarray:

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -185,41 +184,16 @@ class PreparedSequences:
 
     def to_ray(self):
         """The splits as lazy Ray Datasets with columns ``x`` and ``y``."""
-        from .data import SPLITS, LoadedDataset
+        from .data import SPLITS, column_dataset, loaded_dataset
 
-        return LoadedDataset(
-            name=self.name,
-            input_shape=self.input_shape,
-            levels=self.levels,
-            raw_levels=self.raw_levels,
-            binarize=self.binarize,
-            splits={s: _to_ray(self, s) for s in SPLITS},
-            sizes=self.sizes,
-            fingerprint=self.fingerprint,
-            preprocessing=self.preprocessing,
-            source=self.source,
-            source_fingerprint=self.source_fingerprint,
-            columns=self.batch_columns,
-        )
-
-
-def _to_ray(data: PreparedSequences, split: str):
-    import pyarrow as pa
-    import ray.data
-    from ray.data.extensions import ArrowTensorArray
-
-    from .data import _BLOCK_ROWS
-
-    x, y = data.seqs[split], data.meta[split]["labels"][:, 0]
-    chunks = np.array_split(np.arange(len(x)), max(1, math.ceil(len(x) / _BLOCK_ROWS)))
-    tables = [pa.table({"x": ArrowTensorArray.from_numpy(x[r]), "y": y[r]}) for r in chunks]
-    ds = ray.data.from_arrow(tables)
-    ds.context.execution_options.preserve_order = True
-    return ds.map_batches(_as_float, batch_size=None, batch_format="numpy", num_cpus=0.25)
-
-
-def _as_float(batch: dict) -> dict:
-    return {"x": batch["x"].astype(np.float32), "y": batch["y"].astype(np.int64)}
+        dtypes = {k: dtype for k, (dtype, _) in self.batch_columns.items()}
+        splits = {
+            s: column_dataset(
+                {"x": self.seqs[s], "y": self.meta[s]["labels"][:, 0].astype(np.int64)}, dtypes
+            )
+            for s in SPLITS
+        }
+        return loaded_dataset(self, splits)
 
 
 def prepare_sequences(
