@@ -74,6 +74,8 @@ class NextFrameConfig(BaseConfig):
     gdl_weight: float = 0.0  # gradient difference loss (Mathieu: 1 with the adversarial term)
     disc_channels: int = 16
     train_rollout: bool = False  # True: back-propagate through the model's own rollout
+    head: str = "filter"  # "filter": a per-pixel filter of the last frame; "residual"
+    kernel_size: int = 9  # the filter's window (odd): displacements up to kernel_size // 2 px
     beta1: float = 0.5
     lr: float = 2e-3
 
@@ -121,7 +123,17 @@ class NextFrame(GenerativeModel):
                 raise ValueError(f"nextframe: {key} must be >= 0, got {getattr(config, key)}")
         if not 0.0 <= config.beta1 < 1.0:
             raise ValueError(f"nextframe: beta1 must be in [0, 1), got {config.beta1}")
-        self.predictor = UNet(config.context * c, c, config.channels, config.depth)
+        if config.head not in ("filter", "residual"):
+            raise ValueError(f"nextframe: head must be 'filter' or 'residual', got {config.head!r}")
+        if config.kernel_size < 1 or config.kernel_size % 2 == 0:
+            raise ValueError(f"nextframe: kernel_size must be odd, got {config.kernel_size}")
+        out = config.kernel_size**2 if config.head == "filter" else c
+        self.predictor = UNet(config.context * c, out, config.channels, config.depth)
+        if config.head == "filter":  # start as copy-last: the centre tap carries the weight
+            with torch.no_grad():
+                self.predictor.head.weight.mul_(0.1)
+                self.predictor.head.bias.zero_()
+                self.predictor.head.bias[config.kernel_size**2 // 2] = 4.0
         self.discriminator = None
         if config.adv_weight > 0:
             self.discriminator = PatchDiscriminator((config.context + 1) * c, config.disc_channels)
@@ -134,10 +146,23 @@ class NextFrame(GenerativeModel):
 
     # ------------------------------------------------------------------------------- the maths
     def step(self, window: Tensor) -> Tensor:
-        """``(B, K, C, H, W)`` frames on [0, 1] → the next frame ``(B, C, H, W)``: the last frame
-        plus the U-Net's output (unbounded: the loss sees it as is; rollouts and ``predict``
-        clip it to [0, 1])."""
-        return window[:, -1] + self.predictor(window.flatten(1, 2))
+        """``(B, K, C, H, W)`` frames on [0, 1] → the next frame ``(B, C, H, W)``.
+
+        ``head="filter"``: a dynamic filter (De Brabandere et al. 2016; Finn et al. 2016's
+        pixel-motion kernels): per pixel, the U-Net's ``k*k`` logits are softmax weights over the
+        last frame's ``k x k`` neighbourhood, so the prediction is a convex combination of
+        last-frame pixels (in [0, 1]). Motion is where the weight sits; uncertainty spreads it,
+        which is exactly the blur of an MSE predictor. ``"residual"``: the last frame plus the
+        U-Net's output (unbounded: the loss sees it as is; rollouts and ``predict`` clip it)."""
+        last = window[:, -1]
+        out = self.predictor(window.flatten(1, 2))
+        if self.config.head == "residual":
+            return last + out
+        k = self.config.kernel_size
+        b, c, h, w = last.shape
+        weights = out.softmax(1)  # (B, k*k, H, W)
+        patches = F.unfold(last, k, padding=k // 2).view(b, c, k * k, h, w)
+        return (patches * weights[:, None]).sum(2)
 
     def rollout(self, past: Tensor, steps: int) -> Tensor:
         """``steps`` frames after ``past`` ``(B, T', C, H, W)`` on [0, 1], each predicted from the

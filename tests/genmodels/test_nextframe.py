@@ -156,3 +156,29 @@ def test_image_metrics_against_hand_values():
     assert sharpness_difference(b, b).item() > sharpness_difference(blurred, b).item()
     assert gradient_difference(b, b).item() == 0.0
     assert gradient_difference(blurred, b).item() > 0
+
+
+@pytest.mark.parametrize("shift", [(0, 1), (-2, 3)])
+def test_the_filter_head_moves_the_last_frame_where_its_weight_sits(shift):
+    """head="filter": with every pixel's weight on one tap (dy, dx) the prediction is the last
+    frame read at (i + dy, j + dx) (zeros outside), exactly, and always within [0, 1] (a convex
+    combination). Control: the same check against another displacement fails."""
+    model = genmodels.build("nextframe", (3, 1, 8, 8), 256, channels=4, depth=1, context=2)
+    k = model.config.kernel_size
+    g = torch.Generator().manual_seed(0)
+    window = torch.rand(2, 2, 1, 8, 8, generator=g)
+    last = window[:, -1]
+    with torch.no_grad():
+        first = model.step(window)
+        assert first.min() >= 0 and first.max() <= 1
+        dy, dx = shift
+        tap = (dy + k // 2) * k + (dx + k // 2)
+        model.predictor.head.weight.zero_()
+        model.predictor.head.bias.fill_(-50.0)
+        model.predictor.head.bias[tap] = 50.0
+        out = model.step(window)
+    padded = torch.nn.functional.pad(last, (k // 2,) * 4)
+    want = padded[..., k // 2 + dy : k // 2 + dy + 8, k // 2 + dx : k // 2 + dx + 8]
+    torch.testing.assert_close(out, want, atol=1e-6, rtol=0)
+    other = padded[..., k // 2 : k // 2 + 8, k // 2 + dx + 1 : k // 2 + dx + 9]
+    assert (out - other).abs().max() > 0.1
