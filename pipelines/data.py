@@ -23,7 +23,7 @@ Every split has a tensor column ``"x"`` (float32, ``input_shape``) and ``"y"`` (
 unlabeled); ``iter_torch_batches`` yields ``(B, *input_shape)`` float32. The fingerprint hashes the
 raw data, labels and every setting that changes the rows (not the source path). A dataset kind
 with more columns declares them in ``batch_columns`` (pair datasets, ``pipelines.pairs``, add
-``x_target``).
+``x_target``; caption datasets, ``pipelines.captions``, add ``caption``).
 
 **A label budget** (``labels_per_class=N``, semi-supervised learning): after the split, N train
 rows per class are drawn (stratified, seeded by ``(seed, 2)``; ``draw_labels``) and every other
@@ -313,13 +313,23 @@ def prepare_dataset(
     """Read, check, quantise and split a dataset without Ray (arguments as ``load_dataset``).
 
     A pair source (``mnist-edge-paired``, ``pairs:...``) is prepared by ``pipelines.pairs``:
-    its batches add ``x_target`` (see ``batch_columns``).
+    its batches add ``x_target`` (see ``batch_columns``); a caption source (``mnist-captions``)
+    by ``pipelines.captions``: its batches add ``caption`` (token ids).
 
     Raises:
         ValueError: unknown name, missing file, bad setting, bad shapes or values, too-big splits.
     """
-    from . import pairs
+    from . import captions, pairs
 
+    if captions.is_caption_source(source):
+        return captions.prepare_captions(
+            source,
+            binarize=binarize,
+            seed=seed,
+            split_sizes=split_sizes,
+            limit=limit,
+            labels_per_class=labels_per_class,
+        )
     if pairs.is_pair_source(source):
         return pairs.prepare_pairs(
             source,
