@@ -25,6 +25,23 @@ Choices, and why:
   drawn as the sum of the known parts (the compositional step that makes held-out pairs work).
   Two transposed convolutions (4x4, stride 2) then draw the strokes; the image is padded to a
   multiple of 4 and cropped back, so any (C, H, W) works.
+* **A local autoregressive head** (``ar_kernel`` k, default 5; 0 turns it off): p(x | z, c) is
+  not independent pixels but sum_i log Bernoulli(x_i; sigmoid(decode(z, c)_i + AR(x_<i)_i)),
+  AR a linear k x k convolution masked causally (type "A", as PixelCNN's first layer: raster
+  order, the pixel itself hidden) over the image's own pixels (as 2x - 1), zero at
+  initialisation (a plain VAE). Why: with independent pixels every sample carries salt-and-pepper
+  noise at the strokes' edges (the decoder is unsure *where* an edge is, pixel by pixel), and the
+  digit judge misreads it; measured on the benchmark after 240 CPU-s, the thresholded decoder
+  mean was judged right 0.75 of the time and Bernoulli samples 0.47. The head makes a pixel agree
+  with its drawn neighbours, like PixelVAE's autoregressive decoder (Gulrajani et al. 2016) but
+  one linear layer, too weak to draw digits without z. The likelihood stays exact given z (so
+  the IWAE estimate is unchanged in kind); sampling visits the H*W*C pixels in raster order, one
+  k x k dot product each (~0.5 CPU-s per 100 canvases of 28x56).
+* **Free bits** (Kingma et al. 2016, ``free_bits`` 0.5 nats per latent dimension): the training
+  loss charges each dimension's batch-mean KL only above 0.5 nats (the reported ``elbo`` is the
+  true bound). Why: with the autoregressive head the posterior collapsed (KL 0.2 nats after
+  120 CPU-s): the caption gave the digits, the head the local texture, and z — the handwriting —
+  went unused, so samples were caption-mean blobs judged right 0.10 of the time.
 * **No caption = the empty caption, trained in.** With probability ``caption_dropout`` a training
   caption is replaced by the empty one (all padding; cf. the condition dropout of classifier-free
   guidance), so p(x | "") is a model of the caption marginal. ``sample(n)`` and ``log_prob(x)``
@@ -60,6 +77,7 @@ from .base import (
     register,
     std_normal_log_prob,
 )
+from .layers import MaskedConv2d
 from .text import DIGIT_CAPTION_VOCABULARY, MAX_CAPTION_LENGTH, PAD, Tokenizer
 
 CONDITIONAL = "conditional:caption"
@@ -76,6 +94,8 @@ class CaptionVAEConfig(BaseConfig):
     caption_dropout: float = 0.1
     vocabulary: str = " ".join(DIGIT_CAPTION_VOCABULARY)
     max_length: int = MAX_CAPTION_LENGTH
+    ar_kernel: int = 5  # the local autoregressive head's causal window (0: independent pixels)
+    free_bits: float = 0.5  # nats per latent dimension the training loss does not charge for
     eval_k: int = 100
     eval_chunk: int = 25
     lr: float = 1e-3
@@ -133,6 +153,12 @@ class CaptionVAE(GenerativeModel):
                 raise ValueError(f"captionvae: {name} must be >= 1")
         if config.eval_chunk < 1:
             raise ValueError("captionvae: eval_chunk must be >= 1")
+        if config.ar_kernel != 0 and (config.ar_kernel < 3 or config.ar_kernel % 2 == 0):
+            raise ValueError(
+                f"captionvae: ar_kernel must be 0 or odd and >= 3, got {config.ar_kernel}"
+            )
+        if config.free_bits < 0:
+            raise ValueError(f"captionvae: free_bits must be >= 0, got {config.free_bits}")
         if not 0.0 <= config.caption_dropout < 1.0:
             raise ValueError(
                 f"captionvae: caption_dropout must be in [0, 1), got {config.caption_dropout}"
@@ -156,6 +182,12 @@ class CaptionVAE(GenerativeModel):
         self.dec_conv = nn.Sequential(
             nn.ConvTranspose2d(ch, ch, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(ch, c, 4, 2, 1)
         )
+        # The local autoregressive head: a linear causal ("A"-masked) convolution of the pixels
+        # already drawn, added to the decoder's logits; zero at initialisation (a plain VAE).
+        self.ar = None
+        if config.ar_kernel:
+            self.ar = MaskedConv2d(c, c, config.ar_kernel, "A", c, bias=False)
+            nn.init.zeros_(self.ar.weight)
 
     # ---------------------------------------------------------------------------- captions
     def caption_ids(self, captions, n: int) -> Tensor:
@@ -209,7 +241,10 @@ class CaptionVAE(GenerativeModel):
         return out.reshape(*lead, *self.input_shape)
 
     def _decoder_log_prob(self, x: Tensor, z: Tensor, slots: Tensor) -> Tensor:
+        """log p(x | z, c) = sum_i log Bernoulli(x_i; sigmoid(decode(z, c)_i + AR(x_<i)_i))."""
         logits = self.decode(z, slots)
+        if self.ar is not None:
+            logits = logits + self.ar(2 * x - 1)  # the same for every z: x's own neighbours
         nll = F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none")
         return -nll.flatten(-3).sum(-1)
 
@@ -230,10 +265,12 @@ class CaptionVAE(GenerativeModel):
         slots = self.text(ids)
         mu, logvar = self.encode(x, slots)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
-        elbo = self._decoder_log_prob(x, z, slots) - kl
-        loss = -elbo.mean()
-        return {"loss": loss, "elbo": elbo.mean().detach(), "kl": kl.mean().detach()}
+        kl_dims = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)  # (B, Z)
+        log_px = self._decoder_log_prob(x, z, slots)
+        elbo = log_px - kl_dims.sum(-1)
+        charged = kl_dims.mean(0).clamp(min=self.config.free_bits).sum()  # free bits
+        loss = -log_px.mean() + charged
+        return {"loss": loss, "elbo": elbo.mean().detach(), "kl": kl_dims.sum(-1).mean().detach()}
 
     def _log_weights(
         self, x: Tensor, k: int, generator: torch.Generator | None, condition: Condition
@@ -281,6 +318,27 @@ class CaptionVAE(GenerativeModel):
         ids, _ = self._ids(condition, n)
         device, dtype = self.dec_slots.device, self.dec_slots.dtype
         z = torch.randn((n, self.config.latent_dim), generator=generator, dtype=dtype).to(device)
-        p = torch.sigmoid(self.decode(z, self.slots(ids)))
-        u = torch.rand(p.shape, generator=generator, dtype=dtype).to(device)
-        return (u < p).to(dtype)
+        logits = self.decode(z, self.slots(ids))
+        u = torch.rand(logits.shape, generator=generator, dtype=dtype).to(device)
+        if self.ar is None:
+            return (u < torch.sigmoid(logits)).to(dtype)
+        return self._sample_ar(logits, u)
+
+    def _sample_ar(self, logits: Tensor, u: Tensor) -> Tensor:
+        """Raster-order sampling through the local head: pixel i is on when u_i < sigmoid(logit_i
+        + AR(x_<i)_i), AR read from a ``k x k`` window of the pixels drawn so far (one small dot
+        product per pixel; the window's other entries are masked to zero)."""
+        n, c, h, w = logits.shape
+        k = self.config.ar_kernel
+        weight = self.ar.weight * self.ar.mask  # (C, C, k, k)
+        canvas = logits.new_zeros(n, c, h + k - 1, w + k - 1)  # 2x - 1, zero padding
+        x = torch.zeros_like(logits)
+        for r in range(h):
+            for col in range(w):
+                window = canvas[:, :, r : r + k, col : col + k]
+                for ch in range(c):
+                    logit = logits[:, ch, r, col] + (window * weight[ch]).sum((1, 2, 3))
+                    on = (u[:, ch, r, col] < torch.sigmoid(logit)).to(x.dtype)
+                    x[:, ch, r, col] = on
+                    canvas[:, ch, r + k // 2, col + k // 2] = 2 * on - 1
+        return x
