@@ -103,9 +103,13 @@ def build_spec(args: argparse.Namespace) -> TrainSpec:
 
 def _check_dataset(source: str) -> None:
     """Fail before Ray starts when the dataset is neither a known name nor a path/URI."""
+    from .captions import is_caption_source
     from .data import dataset_names
+    from .pairs import is_pair_source
 
     if source in dataset_names() or ":" in source or Path(source).expanduser().exists():
+        return
+    if is_pair_source(source) or is_caption_source(source):  # generated dataset kinds
         return
     raise CLIError(
         f"unknown dataset {source!r}: not one of {', '.join(dataset_names())} "
