@@ -137,3 +137,12 @@ def test_streamed_through_ray_data(ray_session):
     for k in ("x", "caption", "y"):
         assert np.array_equal(got[k].numpy(), want[k]), k
     assert "digits" not in batches[0]
+
+
+def test_the_cli_knows_the_generated_dataset_names():
+    from pipelines.cli import CLIError, _check_dataset
+
+    _check_dataset(C.NAME)
+    _check_dataset("mnist-edge-paired")
+    with pytest.raises(CLIError, match="unknown dataset 'mnist-captionz'"):
+        _check_dataset("mnist-captionz")  # the control
