@@ -10,6 +10,7 @@
 from . import (  # noqa: F401
     aae,
     avb,
+    captionvae,
     cyclegan,
     dbm,
     fvsbn,

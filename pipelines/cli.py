@@ -5,7 +5,7 @@
     genmodels train    --family made --dataset mnist [--config FILE] [--set KEY=VALUE ...]
     genmodels tune     --family vae  --dataset mnist --num-samples 8
     genmodels evaluate --model made-mnist [--ref champion] [--split test]
-    genmodels sample   --model made-mnist --n 64 --out samples.png [--label 3]
+    genmodels sample   --model made-mnist --n 64 --out samples.png [--label 3 | --caption TEXT]
     genmodels serve    [--port 8000]
     genmodels submit   --address http://HOST:8265 [--token-file F] -- train --family made ...
     genmodels demo
@@ -103,13 +103,15 @@ def build_spec(args: argparse.Namespace) -> TrainSpec:
 
 def _check_dataset(source: str) -> None:
     """Fail before Ray starts when the dataset is neither a known name nor a path/URI."""
+    from .captions import is_caption_source
     from .data import dataset_names
     from .pairs import is_pair_source
     from .sequences import is_sequence_source
 
     if source in dataset_names() or ":" in source or Path(source).expanduser().exists():
         return
-    if is_pair_source(source) or is_sequence_source(source):  # generated kinds
+    generated = (is_pair_source, is_sequence_source, is_caption_source)
+    if any(is_kind(source) for is_kind in generated):  # generated dataset kinds
         return
     raise CLIError(
         f"unknown dataset {source!r}: not one of {', '.join(dataset_names())} (or a generated "
@@ -374,6 +376,8 @@ def cmd_sample(args) -> int:
             "samples) or a .npy file (the samples as an array)"
         )
     labels = _parse_labels(args.label) if args.label is not None else None
+    if labels is not None and args.caption is not None:
+        raise CLIError("give --label or --caption, not both")
     model, info = _load(args, _registry_uri(args))
     if not 1 <= args.n <= model.sample_limit:
         raise CLIError(f"bad value {args.n} for --n (1..{model.sample_limit} for {model.family})")
@@ -382,17 +386,25 @@ def cmd_sample(args) -> int:
             f"{args.model} v{info['version']} is not label-conditional (no condition:label "
             f"capability; it has: {', '.join(sorted(model.capabilities))}): drop --label"
         )
+    if args.caption is not None and "condition:caption" not in model.capabilities:
+        raise CLIError(
+            f"{args.model} v{info['version']} is not caption-conditional (no condition:caption "
+            f"capability; it has: {', '.join(sorted(model.capabilities))}): drop --caption"
+        )
     rows = None
     if labels is not None:  # one label for every sample, or a list repeated in turn
         rows = torch.tensor([labels[i % len(labels)] for i in range(args.n)], dtype=torch.long)
         model.check_condition({"label": rows})
+    key = "label"
+    if args.caption is not None:  # one caption for every sample; the model checks its words
+        key, rows = "caption", [args.caption] * args.n  # (a ValueError: exit 2, nothing written)
     from tqdm import tqdm
 
     g, chunks = torch.Generator().manual_seed(args.seed), []
     with torch.no_grad(), tqdm(total=args.n, desc=f"sampling {args.model}", unit="sample") as bar:
         for start in range(0, args.n, 16):  # chunks, so slow sequential samplers show progress
             m = min(16, args.n - start)
-            cond = None if rows is None else {"label": rows[start : start + m]}
+            cond = None if rows is None else {key: rows[start : start + m]}
             chunks.append(model.sample(m, generator=g, condition=cond))
             bar.update(len(chunks[-1]))
     x = torch.cat(chunks)
@@ -405,6 +417,8 @@ def cmd_sample(args) -> int:
     else:
         path = save_grid(x.numpy(), model.input_shape, model.levels, args.out)
     given = "" if labels is None else f" given label {','.join(map(str, labels))}"
+    if args.caption is not None:
+        given = f" given caption {args.caption!r}"
     print(
         f"{args.n} samples of {args.model} v{info['version']}{given} written to {path} "
         f"({SAMPLE_FORMATS[suffix]})"
@@ -662,6 +676,11 @@ def make_parser() -> argparse.ArgumentParser:
         metavar="Y[,Y...]",
         help="a label-conditional model's class for every sample, or a comma list used in turn "
         "(1,2 gives 1,2,1,2,...)",
+    )
+    sp.add_argument(
+        "--caption",
+        metavar="TEXT",
+        help='a caption-conditional model\'s caption for every sample, e.g. "3 left of 7"',
     )
     add_registry_option(sp)
 

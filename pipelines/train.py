@@ -168,7 +168,8 @@ def check_model(spec: TrainSpec, input_shape, levels: int, columns=None) -> None
 
 def check_batch_keys(family: str, dataset: str, columns) -> None:
     """``ValueError`` naming every key of the family's ``batch_keys`` that the dataset's batches
-    (``batch_columns``: name → (dtype, per-row shape)) lack, or whose shape is not ``x``'s."""
+    (``batch_columns``: name → (dtype, per-row shape)) lack, or, for an image (float32) column,
+    whose shape is not ``x``'s."""
     needed = genmodels.family_class(family).batch_keys
     missing = [k for k in needed if k not in columns]
     if missing:
@@ -176,10 +177,11 @@ def check_batch_keys(family: str, dataset: str, columns) -> None:
             f"{family} trains on batch key(s) {', '.join(needed)}; dataset {dataset!r} has no "
             f"{', '.join(missing)} (its batches have {', '.join(columns)})"
             + ("; use a pair dataset, e.g. mnist-edge-paired" if "x_target" in missing else "")
+            + ("; use a caption dataset, e.g. mnist-captions" if "caption" in missing else "")
         )
     shape = tuple(columns["x"][1])
-    for k in needed:
-        if tuple(columns[k][1]) != shape:
+    for k in needed:  # an image column (float) is x's shape; token ids are the family's to check
+        if columns[k][0] == "float32" and tuple(columns[k][1]) != shape:
             raise ValueError(
                 f"{family}: batch key {k!r} has rows of shape {tuple(columns[k][1])}, x has {shape}"
             )

@@ -62,6 +62,7 @@ TINY = {
     "pix2pix": {"channels": 4, "depth": 2, "disc_channels": 4},
     "cyclegan": {"channels": 4, "depth": 1, "disc_channels": 4},
     "nextframe": {"context": 2, "channels": 4, "depth": 1, "disc_channels": 4},
+    "captionvae": {"latent_dim": 2, "channels": 4, "embed_dim": 4, "hidden_size": 8, "eval_k": 8},
 }
 # A family that models another example shape than SHAPE (a sequence predictor: (T, C, H, W)).
 SHAPES = {"nextframe": (3, *SHAPE)}
@@ -110,10 +111,20 @@ def batch(n: int = 6) -> torch.Tensor:
 
 
 def train_batch(model: genmodels.GenerativeModel, n: int = 6) -> dict[str, torch.Tensor]:
-    """A batch with every column the family trains on (``batch_keys``), each x-shaped."""
+    """A batch with every column the family trains on (``batch_keys``): images x-shaped, and a
+    ``caption`` column as token ids of the model's own vocabulary (every word once over the
+    batch, so every word's embedding gets a gradient)."""
     g = torch.Generator().manual_seed(1)
-    shape = model.input_shape
-    return {k: torch.bernoulli(torch.full((n, *shape), 0.4), generator=g) for k in model.batch_keys}
+    out = {}
+    for k in model.batch_keys:
+        if k == "caption":
+            words = model.tokenizer.vocabulary
+            per = -(-len(words) // n)
+            text = [" ".join(words[i * per : (i + 1) * per]) for i in range(n)]
+            out[k] = model.tokenizer.encode(text)
+        else:
+            out[k] = torch.bernoulli(torch.full((n, *model.input_shape), 0.4), generator=g)
+    return out
 
 
 def output(model: genmodels.GenerativeModel, n: int, seed: int, inputs: int = 2) -> torch.Tensor:
