@@ -167,6 +167,8 @@ def tuned_schedule(
     on it."""
     if num_betas < 1 or pilot_betas < 2:
         raise ValueError("tuned_schedule: num_betas must be >= 1 and pilot_betas >= 2")
+    if num_betas < 3:  # nothing to place: beta = 1 (and one step before it)
+        return schedule(num_betas)
     pilot = schedule(pilot_betas)
     _, spread = _forward(log_f, transition, initial, pilot, generator, record=True)
     grid = torch.cat([torch.zeros(1, dtype=torch.float64), pilot])

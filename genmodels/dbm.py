@@ -399,7 +399,7 @@ class DBM(GenerativeModel):
         if (kind or cfg.ais_schedule) == "paper":
             return schedule(num_betas)
         initial = self._ais_base(cfg.ais_pilot_chains, generator)
-        pilot = min(cfg.ais_pilot_betas, num_betas)
+        pilot = max(2, min(cfg.ais_pilot_betas, num_betas))
         return tuned_schedule(
             self.ais_log_f, self.ais_transition, initial, num_betas, pilot, generator=generator
         )

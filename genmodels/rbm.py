@@ -335,7 +335,7 @@ class RBM(GenerativeModel):
             self._ais_transition,
             initial,
             num_betas,
-            min(cfg.ais_pilot_betas, num_betas),
+            max(2, min(cfg.ais_pilot_betas, num_betas)),
             generator=generator,
         )
 
