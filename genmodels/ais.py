@@ -12,6 +12,18 @@ optimistic; the standard error and the effective sample size say how far to trus
 
 ``anneal`` is generic: the family supplies ``log_f(state, beta)`` (``(M,)``), ``transition``
 and exact samples from the base. The state may be a tensor or a tuple of tensors.
+
+The other side of the sandwich is ``reverse_anneal``, RAISE (Burda, Grosse & Salakhutdinov 2015):
+from each test example, the same transitions walk back to the base, and the weights give a
+stochastic LOWER bound on log p(v) of the annealing model (which approaches the model as the
+schedule gets finer), where forward AIS's log Z gives an optimistic one. Between them, the true
+log-likelihood; both are checked against enumeration in ``tests/genmodels/test_ais.py``, with
+controls (a transition at the wrong inverse temperature, a schedule that stops short) that the
+same checks catch. ``tuned_schedule`` places the inverse temperatures at even steps of
+thermodynamic length measured by a short pilot run (any increasing schedule keeps both
+estimators valid; only their variance changes): on a 12 x 6 RBM with weights N(0, 9) it lifts
+the ESS of 400 chains at 50 temperatures from about 60 to 230; on an MNIST RBM (784 x 500) the
+two schedules were within the noise of each other at 14,500 temperatures (see the RBM's doc).
 """
 
 from __future__ import annotations
