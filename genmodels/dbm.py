@@ -39,8 +39,8 @@ Choices here:
 * ``log_prob_bounds(x)``: ``lower`` = RAISE (``raise_log_prob``, ``ais.reverse_anneal``): the
   annealing model runs the h1 chain of AIS and emits v ~ p(v | h1); each reverse chain starts at
   h1 ~ q(h1 | x), the mean-field posterior, with log w_0 = log sum_{h2} exp(-E(x, h1, h2)) - log
-  q(h1 | x), and walks back through the same sweeps (``raise_chains`` = 5 per example,
-  ``raise_betas`` = 1,000). A stochastic lower bound on the annealing model's log-likelihood
+  q(h1 | x), and walks back through the same sweeps (``raise_chains`` = 2 per example,
+  ``raise_betas`` = 3,000, as the RBM's). A stochastic lower bound on the annealing model's log-likelihood
   (tested against enumeration). ``upper`` = ``score`` (mean-field bound - forward-AIS log Z):
   the AIS part leans high but the bound part low, so for the DBM it is an estimate, not a side.
 * ``prepare_scoring`` stores log Z in buffers (with its standard error, settings and a digest of
@@ -122,8 +122,8 @@ class DBMConfig(BaseConfig):
     ais_schedule: str = "tuned"  # "paper": Salakhutdinov & Murray's spacing (ais.schedule)
     ais_pilot_chains: int = 100
     ais_pilot_betas: int = 1000
-    raise_chains: int = 5  # RAISE chains per example (log_prob_bounds)
-    raise_betas: int = 1000
+    raise_chains: int = 2  # RAISE chains per example (log_prob_bounds)
+    raise_betas: int = 3000
     raise_chunk: int = 2000  # RAISE rows advanced together
     exact_max_units: int = 16  # enumerate 2^units states instead of bounding / annealing
     init_std: float = 0.01
