@@ -35,7 +35,9 @@ Choices here:
   keeps the model's own biases (weights scaled to 0); its visible biases include the data-fitted
   ``base_rate``, so the v marginal at beta = 0 starts near the pixel marginals, as the RBM's b_A.
   On a 10-8-4 DBM with N(0, 2.25) weights, 400 chains at 50 temperatures, the tuned schedule
-  kept an ESS of about 316 against 150.
+  kept an ESS of about 316 against 150; on a 784-500-500 MNIST DBM (120 CPU-s of training), 100
+  chains at 2,000 temperatures: ESS 62.2 tuned against 18.0 paper, log Z 463.64 ± 0.08 against
+  463.39 ± 0.21 (22 CPU-s each on a loaded machine, plus 11 CPU-s for the 1,000-temperature pilot).
 * ``log_prob_bounds(x)``: ``lower`` = RAISE (``raise_log_prob``, ``ais.reverse_anneal``): the
   annealing model runs the h1 chain of AIS and emits v ~ p(v | h1); each reverse chain starts at
   h1 ~ q(h1 | x), the mean-field posterior, with log w_0 = log sum_{h2} exp(-E(x, h1, h2)) - log
