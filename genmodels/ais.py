@@ -23,7 +23,8 @@ same checks catch. ``tuned_schedule`` places the inverse temperatures at even st
 thermodynamic length measured by a short pilot run (any increasing schedule keeps both
 estimators valid; only their variance changes): on a 12 x 6 RBM with weights N(0, 9) it lifts
 the ESS of 400 chains at 50 temperatures from about 60 to 230; on an MNIST RBM (784 x 500) the
-two schedules were within the noise of each other at 14,500 temperatures (see the RBM's doc).
+two schedules were within the noise of each other at 14,500 temperatures, while on an MNIST DBM
+(784-500-500) at 2,000 it kept 62 of 100 chains against 18 (see the families' docs).
 """
 
 from __future__ import annotations
