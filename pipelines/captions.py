@@ -47,6 +47,8 @@ import numpy as np
 
 from genmodels.text import DIGIT_CAPTION_VOCABULARY, DIGIT_WORDS, MAX_CAPTION_LENGTH, Tokenizer
 
+from .data import ColumnKind
+
 NAME = "mnist-captions"
 HELD_OUT: tuple[tuple[int, int], ...] = tuple((a, (a + 3) % 10) for a in range(10))
 SEEN: tuple[tuple[int, int], ...] = tuple(
@@ -78,7 +80,7 @@ def caption(left: int, right: int, phrasing: str = "left", words: tuple[bool, bo
 
 
 @dataclass(frozen=True)
-class PreparedCaptions:
+class PreparedCaptions(ColumnKind):
     """A caption dataset built in NumPy, without Ray (cf. ``PreparedDataset``): ``raw`` holds
     every canvas (binary uint8), ``rows[s]`` split ``s``'s rows of it."""
 
@@ -117,36 +119,10 @@ class PreparedCaptions:
     def all_labels(self) -> PreparedCaptions:
         return self
 
-    def arrays(self, split: str) -> dict[str, np.ndarray]:
-        """Split ``split`` as float32 ``x``, int64 ``caption`` and ``y`` (driver side)."""
-        from .data import SPLITS
-
-        if split not in self.rows:
-            raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+    def split_columns(self, split: str) -> dict[str, np.ndarray]:
+        """Split ``split``: ``x`` (28x56 canvases), ``caption`` (token ids) and ``y`` (-1)."""
         r = self.rows[split]
-        return {
-            "x": self.raw[r].astype(np.float32),
-            "caption": self.caption[r],
-            "y": self.y[r],
-        }
-
-    def to_ray(self):
-        """The splits as lazy Ray Datasets with columns ``x``, ``caption``, ``y``."""
-        from .data import SPLITS, column_dataset, loaded_dataset
-
-        dtypes = {k: dtype for k, (dtype, _) in self.batch_columns.items()}
-        splits = {
-            s: column_dataset(
-                {
-                    "x": self.raw[self.rows[s]],
-                    "caption": self.caption[self.rows[s]],
-                    "y": self.y[self.rows[s]],
-                },
-                dtypes,
-            )
-            for s in SPLITS
-        }
-        return loaded_dataset(self, splits)
+        return {"x": self.raw[r], "caption": self.caption[r], "y": self.y[r]}
 
 
 def _draw(

@@ -166,6 +166,31 @@ def loaded_dataset(prepared, splits: dict[str, ray.data.Dataset]) -> LoadedDatas
     )
 
 
+class ColumnKind:
+    """``arrays`` and ``to_ray`` for a prepared dataset kind with its own columns (pairs,
+    sequences, captions): the kind says what split ``s`` holds, ``split_columns(s)`` (compact
+    NumPy arrays, one row per example), and declares ``batch_columns``; both views cast to it."""
+
+    def split_columns(self, split: str) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _dtypes(self) -> dict[str, str]:
+        return {k: dtype for k, (dtype, _) in self.batch_columns.items()}
+
+    def arrays(self, split: str) -> dict[str, np.ndarray]:
+        """Split ``split``'s columns on the driver, cast to ``batch_columns``."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+        dtypes = self._dtypes()
+        return {k: v.astype(dtypes.get(k, v.dtype)) for k, v in self.split_columns(split).items()}
+
+    def to_ray(self) -> LoadedDataset:
+        """The splits as lazy Ray Datasets, one column per ``batch_columns`` entry."""
+        dtypes = self._dtypes()
+        splits = {s: column_dataset(self.split_columns(s), dtypes) for s in SPLITS}
+        return loaded_dataset(self, splits)
+
+
 def dataset_names() -> list[str]:
     """The names of the built-in datasets (no download needed)."""
     return sorted(_CATALOGUE)

@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from .data import ColumnKind
+
 TRANSFORMS = ("edge", "negative")
 MODES = ("paired", "unpaired")
 _BASES = ("mnist", "digits")
@@ -100,7 +102,7 @@ def is_pair_source(source: str) -> bool:
 
 # ----------------------------------------------------------------------------- the dataset
 @dataclass(frozen=True)
-class PreparedPairs:
+class PreparedPairs(ColumnKind):
     """A pair dataset read, binarised and split in NumPy, without Ray (cf. ``PreparedDataset``).
 
     ``raw`` holds domain A's images (binary, every source row), ``target`` domain B's (for a
@@ -142,35 +144,13 @@ class PreparedPairs:
     def all_labels(self) -> PreparedPairs:
         return self
 
-    def arrays(self, split: str) -> dict[str, np.ndarray]:
-        """Split ``split`` as float32 ``x``, ``x_target`` and int64 ``y`` (driver side)."""
-        from .data import SPLITS
-
-        if split not in self.rows:
-            raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+    def split_columns(self, split: str) -> dict[str, np.ndarray]:
+        """Split ``split``: ``x``, ``x_target`` (its own rows when unpaired) and ``y``."""
         return {
-            "x": self.raw[self.rows[split]].astype(np.float32),
-            "x_target": self.target[self.target_rows[split]].astype(np.float32),
-            "y": self.y[self.rows[split]].astype(np.int64),
+            "x": self.raw[self.rows[split]],
+            "x_target": self.target[self.target_rows[split]],
+            "y": self.y[self.rows[split]],
         }
-
-    def to_ray(self):
-        """The splits as lazy Ray Datasets with columns ``x``, ``x_target``, ``y``."""
-        from .data import SPLITS, column_dataset, loaded_dataset
-
-        dtypes = {k: dtype for k, (dtype, _) in self.batch_columns.items()}
-        splits = {
-            s: column_dataset(
-                {
-                    "x": self.raw[self.rows[s]],
-                    "x_target": self.target[self.target_rows[s]],
-                    "y": self.y[self.rows[s]],
-                },
-                dtypes,
-            )
-            for s in SPLITS
-        }
-        return loaded_dataset(self, splits)
 
 
 def _threshold(x: np.ndarray, levels: int) -> np.ndarray:

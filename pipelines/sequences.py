@@ -49,6 +49,8 @@ from typing import Any
 
 import numpy as np
 
+from .data import ColumnKind
+
 FRAMES = 10  # T
 FRAME = 32  # frame side (px)
 DIGIT = 14  # digit side after 2x2 pooling (px)
@@ -134,7 +136,7 @@ def generate(
 
 # ----------------------------------------------------------------------------- the dataset
 @dataclass(frozen=True)
-class PreparedSequences:
+class PreparedSequences(ColumnKind):
     """A sequence dataset generated in NumPy, without Ray (cf. ``PreparedDataset``).
 
     ``seqs[s]`` holds split ``s``'s frames ``(N, T, 1, 32, 32)`` uint8; ``meta[s]`` their digits'
@@ -167,33 +169,13 @@ class PreparedSequences:
     def all_labels(self) -> PreparedSequences:
         return self
 
-    def arrays(self, split: str) -> dict[str, np.ndarray]:
-        """Split ``split`` as float32 ``x`` ``(N, T, 1, 32, 32)`` and int64 ``y`` (driver side)."""
-        from .data import SPLITS
-
-        if split not in self.seqs:
-            raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
-        return {
-            "x": self.seqs[split].astype(np.float32),
-            "y": self.meta[split]["labels"][:, 0].astype(np.int64),
-        }
+    def split_columns(self, split: str) -> dict[str, np.ndarray]:
+        """Split ``split``: ``x`` ``(N, T, 1, 32, 32)`` and ``y`` (the first digit's label)."""
+        return {"x": self.seqs[split], "y": self.meta[split]["labels"][:, 0]}
 
     def numpy(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         a = self.arrays(split)
         return a["x"], a["y"]
-
-    def to_ray(self):
-        """The splits as lazy Ray Datasets with columns ``x`` and ``y``."""
-        from .data import SPLITS, column_dataset, loaded_dataset
-
-        dtypes = {k: dtype for k, (dtype, _) in self.batch_columns.items()}
-        splits = {
-            s: column_dataset(
-                {"x": self.seqs[s], "y": self.meta[s]["labels"][:, 0].astype(np.int64)}, dtypes
-            )
-            for s in SPLITS
-        }
-        return loaded_dataset(self, splits)
 
 
 def prepare_sequences(
