@@ -31,7 +31,10 @@ def caption_model() -> genmodels.GenerativeModel:
         "captionvae", SHAPE, latent_dim=2, channels=4, embed_dim=8, hidden_size=8, eval_k=4
     )
     with torch.no_grad():
-        model.dec_slots.normal_(0.0, 3.0)  # captions that change the distribution a lot
+        # captions that change the distribution a lot: slot vectors far apart for different
+        # words (an untrained encoder's nearly coincide) and large maps from slots to the grid
+        model.text.value.weight.normal_(0.0, 3.0)
+        model.dec_slots.normal_(0.0, 3.0)
     return model.eval()
 
 
