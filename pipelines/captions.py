@@ -84,17 +84,6 @@ class PreparedCaptions(ColumnKind):
     """A caption dataset built in NumPy, without Ray (cf. ``PreparedDataset``): ``raw`` holds
     every canvas (binary uint8), ``rows[s]`` split ``s``'s rows of it."""
 
-    name: str
-    source: str
-    input_shape: tuple[int, ...]
-    levels: int
-    raw_levels: int
-    binarize: str
-    seed: int
-    sizes: dict[str, int]
-    fingerprint: str
-    source_fingerprint: str
-    preprocessing: dict
     raw: np.ndarray
     caption: np.ndarray  # (N, max_length) int64 token ids
     text: tuple[str, ...]  # the captions as strings

@@ -166,7 +166,26 @@ def loaded_dataset(prepared, splits: dict[str, ray.data.Dataset]) -> LoadedDatas
     )
 
 
-class ColumnKind:
+@dataclass(frozen=True)
+class PreparedFields:
+    """What every prepared dataset kind records (``PreparedDataset``, pairs, sequences,
+    captions), before its own arrays: see ``LoadedDataset`` for their meaning and ``seed`` the
+    seed of its split and draws."""
+
+    name: str
+    source: str
+    input_shape: tuple[int, ...]
+    levels: int
+    raw_levels: int
+    binarize: str
+    seed: int
+    sizes: dict[str, int]
+    fingerprint: str
+    source_fingerprint: str
+    preprocessing: dict
+
+
+class ColumnKind(PreparedFields):
     """``arrays`` and ``to_ray`` for a prepared dataset kind with its own columns (pairs,
     sequences, captions): the kind says what split ``s`` holds, ``split_columns(s)`` (compact
     NumPy arrays, one row per example), and declares ``batch_columns``; both views cast to it."""
@@ -254,7 +273,7 @@ def load_dataset(
 
 
 @dataclass(frozen=True)
-class PreparedDataset:
+class PreparedDataset(PreparedFields):
     """A dataset read, checked, quantised and split in NumPy, without Ray.
 
     Everything that can be wrong with the data or the split settings is found here, so callers
@@ -265,17 +284,6 @@ class PreparedDataset:
     (``None``: no budget, every label is visible).
     """
 
-    name: str
-    source: str
-    input_shape: tuple[int, ...]
-    levels: int
-    raw_levels: int
-    binarize: str
-    seed: int
-    sizes: dict[str, int]
-    fingerprint: str
-    source_fingerprint: str
-    preprocessing: dict
     raw: np.ndarray
     y: np.ndarray
     rows: dict[str, np.ndarray]
@@ -382,33 +390,21 @@ def prepare_dataset(
     """
     from . import captions, pairs, sequences
 
-    if sequences.is_sequence_source(source):
-        return sequences.prepare_sequences(
-            source,
-            binarize=binarize,
-            seed=seed,
-            split_sizes=split_sizes,
-            limit=limit,
-            labels_per_class=labels_per_class,
-        )
-    if captions.is_caption_source(source):
-        return captions.prepare_captions(
-            source,
-            binarize=binarize,
-            seed=seed,
-            split_sizes=split_sizes,
-            limit=limit,
-            labels_per_class=labels_per_class,
-        )
-    if pairs.is_pair_source(source):
-        return pairs.prepare_pairs(
-            source,
-            binarize=binarize,
-            seed=seed,
-            split_sizes=split_sizes,
-            limit=limit,
-            labels_per_class=labels_per_class,
-        )
+    generated = (
+        (sequences.is_sequence_source, sequences.prepare_sequences),
+        (captions.is_caption_source, captions.prepare_captions),
+        (pairs.is_pair_source, pairs.prepare_pairs),
+    )
+    for is_kind, prepare in generated:  # dataset kinds with their own columns
+        if is_kind(source):
+            return prepare(
+                source,
+                binarize=binarize,
+                seed=seed,
+                split_sizes=split_sizes,
+                limit=limit,
+                labels_per_class=labels_per_class,
+            )
     if binarize not in ("fixed", "dynamic", "none"):
         raise ValueError(f"binarize={binarize!r}: expected 'fixed', 'dynamic' or 'none'")
     if not isinstance(seed, int | np.integer) or seed < 0:

@@ -110,17 +110,6 @@ class PreparedPairs(ColumnKind):
     ``x`` and ``target_rows[s]`` those of its ``x_target`` (equal, except in unpaired training).
     """
 
-    name: str
-    source: str
-    input_shape: tuple[int, ...]
-    levels: int
-    raw_levels: int
-    binarize: str
-    seed: int
-    sizes: dict[str, int]
-    fingerprint: str
-    source_fingerprint: str
-    preprocessing: dict
     raw: np.ndarray
     target: np.ndarray
     y: np.ndarray

@@ -144,17 +144,6 @@ class PreparedSequences(ColumnKind):
     ``digit_rows[s]`` the source rows split ``s`` draws its digits from.
     """
 
-    name: str
-    source: str
-    input_shape: tuple[int, ...]
-    levels: int
-    raw_levels: int
-    binarize: str
-    seed: int
-    sizes: dict[str, int]
-    fingerprint: str
-    source_fingerprint: str
-    preprocessing: dict
     seqs: dict[str, np.ndarray]
     meta: dict[str, dict[str, np.ndarray]]
     digit_rows: dict[str, np.ndarray]
