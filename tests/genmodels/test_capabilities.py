@@ -8,11 +8,11 @@ import torch
 
 import genmodels
 from genmodels import base
-from tests.genmodels.test_contract import SHAPE, TINY
+from tests.genmodels.test_contract import SHAPE, SHAPES, TINY
 
 
 def _model(name: str) -> genmodels.GenerativeModel:
-    return genmodels.build(name, SHAPE, **TINY[name])
+    return genmodels.build(name, SHAPES.get(name, SHAPE), **TINY[name])
 
 
 @pytest.mark.parametrize("name", genmodels.families())
@@ -52,6 +52,10 @@ def test_unconditional_families_reject_a_condition(name):
     if "condition:label" in model.capabilities:  # conditional by design (m2vae): other keys only
         with pytest.raises(ValueError, match="accepts only label; got condition key"):
             model.sample(2, generator=g, condition={"caption": "3 left of 7"})
+        return
+    if "condition:caption" in model.capabilities:  # conditional by design (captionvae)
+        with pytest.raises(ValueError, match="accepts only caption; got condition key"):
+            model.sample(2, generator=g, condition={"label": 3})
         return
     with pytest.raises(ValueError, match="unconditional; got condition key\\(s\\) label"):
         model.sample(2, generator=g, condition={"label": 3})
