@@ -216,6 +216,17 @@ class RAISEResult:
     log_weights: Tensor
     num_betas: int
 
+    @classmethod
+    def concat(cls, parts: list[RAISEResult]) -> RAISEResult:
+        """One result for the examples of ``parts`` (runs over consecutive chunks of rows, all
+        with the same schedule), in order."""
+        return cls(
+            torch.cat([p.log_prob for p in parts]),
+            torch.cat([p.stderr for p in parts]),
+            torch.cat([p.log_weights for p in parts], 1),
+            parts[0].num_betas,
+        )
+
     @property
     def effective_sample_size(self) -> Tensor:
         """``(B,)`` (sum w)^2 / sum w^2 per example, out of M chains."""

@@ -484,12 +484,7 @@ class DBM(GenerativeModel):
                     generator,
                 )
             )
-        return RAISEResult(
-            torch.cat([p.log_prob for p in parts]),
-            torch.cat([p.stderr for p in parts]),
-            torch.cat([p.log_weights for p in parts], 1),
-            len(betas),
-        )
+        return RAISEResult.concat(parts)
 
     @torch.no_grad()
     def log_prob_bounds(

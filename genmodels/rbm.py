@@ -417,12 +417,7 @@ class RBM(GenerativeModel):
                     generator,
                 )
             )
-        return ais.RAISEResult(
-            torch.cat([p.log_prob for p in parts]),
-            torch.cat([p.stderr for p in parts]),
-            torch.cat([p.log_weights for p in parts], 1),
-            len(betas),
-        )
+        return ais.RAISEResult.concat(parts)
 
     @torch.no_grad()
     def log_prob_bounds(
