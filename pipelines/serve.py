@@ -28,22 +28,31 @@ Design:
   to start without one. ``/docs`` and ``/openapi.json`` follow the ``docs`` flag.
 * A body over ``max_body_bytes`` is a 413 before it is parsed (Content-Length first; a chunked
   body is cut off as soon as it passes the limit); bodies are decoded one at a time in a thread.
+* Two deployments: the ingress ``GenModelsServer`` (FastAPI; keys, bodies, validation, registry
+  lookups; light, no model) and ``ModelWorker`` (``num_replicas`` replicas holding the models).
+  The ingress calls a worker through a Serve handle and retries the call when that replica dies
+  or is unavailable (``call_retries``, inside the request deadline): Serve itself does not retry
+  a request in flight, so with one deployment a killed replica failed its requests.
 * A request names a model (``<family>-<dataset>``) and an alias or version. The alias is resolved
   to a version through the registry (on its own threads, under ``registry_timeout_s``; cached
   ``alias_ttl_s`` seconds, then served stale while one background call revalidates it, for up to
-  ``max_stale_s``: a registry outage does not stop versions already resolved), then the model is loaded through ``@serve.multiplexed`` keyed by
-  ``"name@version"``: versions are immutable, so the LRU cache of ``max_models`` models per replica
-  is never stale. With several replicas a client may send the header
-  ``serve_multiplexed_model_id: name@version`` to be routed to a replica that holds the model.
+  ``max_stale_s``: a registry outage does not stop versions already resolved). The ingress
+  routes the call by ``"name@version"`` (``@serve.multiplexed``: a replica that holds the model
+  is preferred; each keeps ``max_models``, LRU; versions are immutable, so never stale).
 * Inputs are checked against the version's registry tags (``input_shape``, ``levels``,
   ``likelihood``) before the model is touched: a bad request costs no model load.
-* ``score`` requests go through ``@serve.batch``, bounded by rows (``max_batch``), not requests:
-  a batch's items are grouped by model, concatenated, scored once, split. Estimates (IWAE, AIS)
-  with a ``seed`` are scored alone, so a seeded score is reproducible whatever else is in flight.
-* Model calls run in threads (``asyncio.to_thread``), never on the event loop, one at a time per
-  model (a lock: families keep state such as MADE's current mask). Each request has a deadline
-  (``request_timeout_s``) → 504; work already started finishes in the background (a model load
-  is then cached for the next request).
+* Pooling without waiting (``ModelRunner``): per model, one call at a time in a thread (never on
+  the event loop: families keep state such as MADE's current mask); when the model is free, the
+  oldest job and every queued job of the same pool (same method and fixed arguments, up to
+  ``max_batch`` rows) run as one call, concatenated and split. A lone request never waits for a
+  batch to fill (``batch_wait_s`` = 0); under load each call takes what queued behind the last.
+  Pooled: ``score``, ``embed``, ``classify``, ``translate`` and unseeded ``sample`` (per
+  condition key). A seeded random call (an IWAE/AIS score, a draw) runs alone, so it equals the
+  Python call with ``torch.Generator().manual_seed(seed)`` whatever else is in flight.
+* Each request has a deadline (``request_timeout_s``) → 504. A request that ends early (the
+  deadline; the client disconnecting, which Serve turns into a cancellation) cancels its work:
+  a queued call is dropped, pooled unseeded samples stop between calls of ``sample_chunk`` rows;
+  a model load in progress is kept (shared, shielded) for the next request.
 * Errors are ``{"error": {"status", "message"}}``: 400 malformed JSON, 422 invalid body or input
   (including a ``ValueError`` the model raises on its input, and a capability the version lacks),
   404 unknown model/alias/version, 501 family not installed here, 503 registry unreachable,
@@ -67,6 +76,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,7 +179,21 @@ class ServeConfig(BaseModel):
     request_timeout_s: float = Field(30.0, gt=0, description="deadline of a request (504)")
     sample_limits: dict[str, int] = Field({}, description="per-family cap on n")
     max_models: int = Field(8, ge=1, description="models cached per replica (LRU)")
-    batch_wait_s: float = Field(0.01, ge=0, description="how long a score batch waits to fill")
+    batch_wait_s: float = Field(
+        0.0,
+        ge=0,
+        description="how long a lone request to an idle model waits for others to pool with "
+        "(0: none; under load, calls pool whatever queued behind the previous call anyway)",
+    )
+    sample_chunk: int = Field(
+        64,
+        ge=1,
+        description="rows per model call of pooled unseeded samples (cancellation "
+        "is checked between calls)",
+    )
+    call_retries: int = Field(
+        8, ge=0, le=100, description="retries of a model call whose replica died (ingress)"
+    )
     alias_ttl_s: float = Field(10.0, ge=0, description="how long alias→version is cached")
     max_num_samples: int = Field(16, ge=1, description="most imputations per example (impute)")
     max_steps: int = Field(10, ge=1, description="most frames rolled out per request (predict)")
@@ -347,13 +371,32 @@ class _Loaded:
 
 
 @dataclass
-class _Item:
-    group: Any
-    model: _Loaded
-    x: torch.Tensor
-    seed: int | None
-    method: str = "score"
-    kwargs: dict[str, Any] | None = None
+class _Job:
+    """One request's model call, as the ingress hands it to a model runner (in this process, or
+    a ``ModelWorker`` replica through a handle).
+
+    ``rows`` holds the per-row arguments (``x``; a per-row ``condition``), concatenated when jobs
+    are pooled; ``fixed`` the other keyword arguments, equal across a pool; ``n`` the rows (the
+    samples of ``sample``). Jobs with the same non-None ``pool`` key may share one model call; a
+    job with a ``seed`` on a random capability gets ``pool=None`` from the ingress, so that its
+    result is what ``model.<method>(..., generator=Generator().manual_seed(seed))`` gives in
+    Python, whatever else is in flight."""
+
+    method: str
+    n: int
+    rows: dict[str, Any]
+    fixed: dict[str, Any]
+    seed: int | None = None
+    pool: Any = None
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """An error a ``ModelWorker`` returns (not raises) to the ingress: the status and the
+    client-safe message of ``_failure``."""
+
+    status: int
+    message: str
 
 
 def _generator(seed: int | None) -> torch.Generator | None:
@@ -473,30 +516,246 @@ def _to_frames(frames: list, levels: int, max_batch: int) -> torch.Tensor:
 _METHOD_CAPABILITY = {c.method: c.name for c in genmodels.CAPABILITIES.values() if c.endpoint}
 
 
-def _rows(items: list[_Item]) -> int:
-    return sum(len(it.x) for it in items)
+def _concat(parts: list[Any]) -> Any:
+    """Per-row arguments of pooled jobs joined along the batch axis (tensors, lists, dicts)."""
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts)
+    if isinstance(first, list):
+        return [v for p in parts for v in p]
+    if isinstance(first, dict):
+        return {k: _concat([p[k] for p in parts]) for k in first}
+    raise TypeError(f"cannot pool a {type(first).__name__} argument")
+
+
+def _rows_slice(rows: Any, a: int, b: int) -> Any:
+    """Rows ``a:b`` of per-row arguments (tensors, lists, dicts of them)."""
+    if isinstance(rows, dict):
+        return {k: _rows_slice(v, a, b) for k, v in rows.items()}
+    return rows[a:b]
+
+
+def _failure(exc: BaseException) -> tuple[int, str]:
+    """(status, message) of an exception, the message safe to send: it names no file, URI or
+    SQL (the details of a registry failure or a bug go to the replica's log)."""
+    if isinstance(exc, ApiError):
+        return exc.status, exc.message
+    if isinstance(exc, genmodels.NoLikelihoodError):
+        return 422, str(exc)
+    if isinstance(exc, registry.NotFoundError):
+        return 404, str(exc)
+    if isinstance(exc, registry.RegistryError):
+        logger.warning("genmodels serve: registry error: %s", exc)
+        return 503, "model registry unavailable; try again later"
+    logger.error("genmodels serve: unexpected error", exc_info=exc)
+    return 500, "internal error (logged on the server)"
+
+
+@dataclass
+class _Entry:
+    job: _Job
+    model: _Loaded
+    future: asyncio.Future
+
+
+class _Queue:
+    """One model's waiting jobs and the task that runs them."""
+
+    def __init__(self) -> None:
+        self.pending: list[_Entry] = []
+        self.task: asyncio.Task | None = None
 
 
 # ---------------------------------------------------------------------------------- service
+RUNNERS: weakref.WeakSet = weakref.WeakSet()
+"""This process's ``ModelRunner``s (what a replica serves: tests, debugging)."""
+
+
+class ModelRunner:
+    """Runs jobs on models loaded in this process: continuous batching without a wait.
+
+    Each model has a queue and one task that runs its jobs, one model call at a time (in a
+    thread: never on the event loop). When the model is free the task takes the oldest job and
+    every waiting job of the same pool (up to ``max_batch`` rows) into one call: a lone request
+    runs at once (no ``batch_wait_s`` unless configured), and under load each call takes all
+    that queued behind the previous one. A job whose request was cancelled (the client left, the
+    deadline passed) is dropped before it runs; pooled random samples without a seed run in calls
+    of at most ``sample_chunk`` rows, and the rows of a cancelled request are not drawn."""
+
+    def __init__(self, cfg: ServeConfig, load: Callable[[str], Awaitable[_Loaded]]) -> None:
+        self.cfg, self._load = cfg, load
+        self._queues: dict[str, _Queue] = {}
+        RUNNERS.add(self)
+
+    def served(self) -> list[str]:
+        """The versions (``name@version``) this runner has run jobs for."""
+        return sorted(self._queues)
+
+    async def spec(self, key: str) -> tuple[tuple[int, ...], int, str]:
+        """(input shape, levels, likelihood) of a version (untagged versions: load it)."""
+        m = (await self._load(key)).model
+        return m.input_shape, m.levels, m.likelihood
+
+    async def run(self, key: str, job: _Job) -> Any:
+        model = await self._load(key)
+        q = self._queues.setdefault(key, _Queue())
+        future = asyncio.get_running_loop().create_future()
+        q.pending.append(_Entry(job, model, future))
+        if q.task is None or q.task.done():
+            q.task = asyncio.ensure_future(self._drain(q))
+            q.task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return await future  # a cancellation here cancels the future: the job is dropped
+
+    async def _drain(self, q: _Queue) -> None:
+        while q.pending:
+            if self.cfg.batch_wait_s > 0 and len(q.pending) == 1:
+                await asyncio.sleep(self.cfg.batch_wait_s)
+            batch = self._take(q)
+            if batch:
+                try:
+                    await self._execute(batch)
+                except Exception as e:  # a bug in the pooling itself: fail the batch, go on
+                    for entry in batch:
+                        if not entry.future.done():
+                            entry.future.set_exception(e)
+
+    def _take(self, q: _Queue) -> list[_Entry]:
+        q.pending = [e for e in q.pending if not e.future.done()]
+        if not q.pending:
+            return []
+        first = q.pending[0]
+        batch, rows = [first], first.job.n
+        if first.job.pool is not None:
+            for e in q.pending[1:]:
+                if e.job.pool == first.job.pool and rows + e.job.n <= self.cfg.max_batch:
+                    batch.append(e)
+                    rows += e.job.n
+        taken = {id(e) for e in batch}
+        q.pending = [e for e in q.pending if id(e) not in taken]
+        return batch
+
+    async def _execute(self, batch: list[_Entry]) -> None:
+        first = batch[0].job
+        if first.method != "sample" or first.seed is not None:
+            await self._call(batch, [(e, 0, e.job.n) for e in batch])
+            return
+        # Unseeded samples: calls of at most sample_chunk rows, so that a cancelled request's
+        # rows are not drawn. (A seeded one runs whole, as in Python.)
+        pieces: list[tuple[_Entry, int, int]] = []
+        for e in batch:
+            for a in range(0, e.job.n, self.cfg.sample_chunk):
+                pieces.append((e, a, min(e.job.n, a + self.cfg.sample_chunk)))
+        done: dict[int, list[torch.Tensor]] = {id(e): [] for e in batch}
+        call: list[tuple[_Entry, int, int]] = []
+        for i, piece in enumerate(pieces):
+            call.append(piece)
+            last = i == len(pieces) - 1
+            if last or sum(b - a for _, a, b in call) + pieces[i + 1][2] - pieces[i + 1][1] > (
+                self.cfg.sample_chunk
+            ):
+                await self._call(batch, call, done)
+                call = []
+
+    async def _call(
+        self,
+        batch: list[_Entry],
+        pieces: list[tuple[_Entry, int, int]],
+        done: dict[int, list[torch.Tensor]] | None = None,
+    ) -> None:
+        """One model call over ``pieces`` (entry, first row, end row) of live entries; each
+        entry's result is set when its last piece is done (``done`` collects partial rows)."""
+        pieces = [p for p in pieces if not p[0].future.done()]
+        if not pieces:
+            return
+        first = pieces[0][0]
+        job = first.job
+        kwargs: dict[str, Any] = dict(job.fixed)
+        if job.rows:
+            parts = [_rows_slice(e.job.rows, a, b) for e, a, b in pieces]
+            kwargs.update(_concat(parts))
+        if genmodels.CAPABILITIES[_METHOD_CAPABILITY[job.method]].seeded:
+            kwargs["generator"] = _generator(job.seed)
+        n = sum(b - a for _, a, b in pieces)
+        args: tuple[Any, ...] = ()
+        if job.method == "sample":
+            args = (n,)
+        elif "x" in kwargs:
+            args = (kwargs.pop("x"),)
+        try:
+            result = await asyncio.to_thread(first.model.call, job.method, *args, **kwargs)
+            split = [result] if len(pieces) == 1 else _split(result, [b - a for _, a, b in pieces])
+        except Exception as e:
+            for entry, _, _ in pieces:
+                if not entry.future.done():
+                    entry.future.set_exception(e)
+            return
+        for (entry, _, b), part in zip(pieces, split):
+            if entry.future.done():
+                continue
+            if done is None:
+                entry.future.set_result(part)
+                continue
+            done[id(entry)].append(part)
+            if b == entry.job.n:
+                entry.future.set_result(torch.cat(done.pop(id(entry))))
+
+
 class _LruLoader:
-    """``name@version`` → loaded model, at most ``size`` per process, one load per key at a time
-    (the in-process stand-in for ``@serve.multiplexed``)."""
+    """``name@version`` → loaded model, at most ``size`` per process (the in-process stand-in
+    for ``@serve.multiplexed``); one load per key at a time (``_shared``)."""
 
     def __init__(self, load: Callable[[str], Awaitable[_Loaded]], size: int) -> None:
-        self._load, self._size = load, size
+        self._load, self._size = _shared(load), size
         self._models: collections.OrderedDict[str, _Loaded] = collections.OrderedDict()
-        self._locks: dict[str, asyncio.Lock] = {}
 
     async def __call__(self, key: str) -> _Loaded:
         if key in self._models:
             self._models.move_to_end(key)
             return self._models[key]
-        async with self._locks.setdefault(key, asyncio.Lock()):
-            if key not in self._models:
-                self._models[key] = await self._load(key)
-                while len(self._models) > self._size:
-                    self._models.popitem(last=False)
-            return self._models[key]
+        model = await self._load(key)
+        self._models[key] = model
+        while len(self._models) > self._size:
+            self._models.popitem(last=False)
+        return model
+
+
+def _shared(load: Callable[[str], Awaitable[_Loaded]]) -> Callable[[str], Awaitable[_Loaded]]:
+    """``load`` with one task per key in flight, shared by its callers and shielded from their
+    cancellation: a request that gives up (deadline, client gone) does not waste a load that
+    the next request for the version will want."""
+    loading: dict[str, asyncio.Future] = {}
+
+    async def shared(key: str) -> _Loaded:
+        task = loading.get(key)
+        if task is None:
+            task = loading[key] = asyncio.ensure_future(load(key))
+            task.add_done_callback(
+                lambda t: loading.pop(key, None) if loading.get(key) is t else None
+            )
+        return await asyncio.shield(task)
+
+    return shared
+
+
+async def _load_version(uri: str, key: str) -> _Loaded:
+    name, _, version = key.rpartition("@")
+    model, _ = await asyncio.to_thread(registry.load_version, uri, name, version)
+    return _Loaded(model)
+
+
+def _bound_mlflow_retries(cfg: ServeConfig) -> None:
+    """In a replica: MLflow's HTTP client retries 7 times with backoff by default (a lookup of
+    a dead tracking server gave up after 249 s, holding a thread); bound it unless configured."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(cfg.registry_timeout_s) + 1))
+
+
+def _registry_client_env(cfg: ServeConfig) -> None:
+    """This process's MLflow URIs for registry calls and model downloads."""
+    # ``models:/`` downloads resolve the model and its run through the process-wide URIs, not
+    # the tracking URI passed to them (otherwise: "not found", and a stray ./mlflow.db).
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    mlflow.set_registry_uri(cfg.tracking_uri)
 
 
 class _RegistryState:
@@ -514,12 +773,63 @@ class _RegistryState:
         self.checked = now
 
 
-class GenModelsService:
-    """Everything the HTTP API does, without Ray: ``GenModelsServer`` (the Serve deployment) is
-    this class with ``@serve.multiplexed`` loading and ``@serve.batch`` pooling, and
-    ``make_api(GenModelsService(cfg))`` is the same API as a plain FastAPI app (tests)."""
+class _RemoteRunner:
+    """The ingress's way to the ``ModelWorker`` replicas (a ``ModelRunner`` each): a handle
+    call routed by version (``multiplexed_model_id``: a replica that holds the model is
+    preferred), retried when its replica dies or is unavailable (Serve does not retry a call in
+    flight: ray#52365) at most ``call_retries`` times with a growing pause (50 ms to 1 s), all
+    inside the request's deadline. Every call is idempotent or may be repeated: scores and
+    seeded draws give the same answer; an unseeded draw gives another. A cancelled request
+    (client gone, deadline) cancels its call in the replica."""
 
-    def __init__(self, cfg: ServeConfig, load_wrapper: Callable | None = None) -> None:
+    def __init__(self, handle: Any, cfg: ServeConfig) -> None:
+        self.handle, self.cfg = handle, cfg
+
+    async def spec(self, key: str) -> tuple[tuple[int, ...], int, str]:
+        return await self._call("spec", key)
+
+    async def run(self, key: str, job: _Job) -> Any:
+        return await self._call("run", key, job)
+
+    async def _call(self, method: str, key: str, *args: Any) -> Any:
+        from ray.exceptions import ActorUnavailableError, RayActorError
+
+        pause = 0.05
+        for attempt in range(self.cfg.call_retries + 1):
+            response = getattr(self.handle.options(multiplexed_model_id=key), method).remote(
+                key, *args
+            )
+            try:
+                out = await response
+            except asyncio.CancelledError:
+                response.cancel()
+                raise
+            except (RayActorError, ActorUnavailableError) as e:
+                if attempt == self.cfg.call_retries:
+                    logger.warning("genmodels serve: %s: no model replica answered: %s", key, e)
+                    raise ApiError(503, "no model replica available; try again shortly") from None
+                logger.warning(
+                    "genmodels serve: %s: model replica lost (%s); retry %d",
+                    key,
+                    type(e).__name__,
+                    attempt + 1,
+                )
+                await asyncio.sleep(pause)
+                pause = min(1.0, 2 * pause)
+                continue
+            if isinstance(out, _Failure):
+                raise ApiError(out.status, out.message)
+            return out
+        raise AssertionError("unreachable")
+
+
+class GenModelsService:
+    """Everything the HTTP API does, without Ray: ``GenModelsServer`` (the Serve ingress) is
+    this class with its model calls sent to ``ModelWorker`` replicas, and
+    ``make_api(GenModelsService(cfg))`` is the same API as a plain FastAPI app whose models run
+    in this process (tests)."""
+
+    def __init__(self, cfg: ServeConfig, runner: Any = None) -> None:
         self.cfg, self.uri = cfg, cfg.tracking_uri
         self._keys = _key_digests(cfg)
         self._cache: dict[Any, tuple[float, Any]] = {}  # registry answers: key → (time, value)
@@ -534,23 +844,14 @@ class GenModelsService:
         # MB: tens to hundreds of ms), so a second one would only add its objects to memory.
         self._parse_slots = asyncio.Semaphore(1)
         self._bodies = _BodyBudget(cfg.max_inflight_body_bytes)
+        _registry_client_env(cfg)
         # Open the registry client now (MLflow's store, the sqlite engine: seconds on a cold,
         # loaded replica), not inside the first request's registry deadline.
         self._registry_pool.submit(registry.ping, self.uri)
-        # ``models:/`` downloads resolve the model and its run through the process-wide URIs,
-        # not the tracking URI passed to them (otherwise: "not found", and a stray ./mlflow.db).
-        mlflow.set_tracking_uri(self.uri)
-        mlflow.set_registry_uri(self.uri)
-
-        async def load(key: str) -> _Loaded:
-            name, _, version = key.rpartition("@")
-            model, _ = await asyncio.to_thread(registry.load_version, self.uri, name, version)
-            return _Loaded(model)
-
-        if load_wrapper is None:
-            self._load = _LruLoader(load, cfg.max_models)
-        else:
-            self._load = load_wrapper(load)
+        if runner is None:
+            load = _LruLoader(lambda key: _load_version(self.uri, key), cfg.max_models)
+            runner = ModelRunner(cfg, load)
+        self._runner = runner
 
     # ------------------------------------------------------------------------------ endpoints
     async def healthz(self) -> dict[str, str]:
@@ -642,10 +943,6 @@ class GenModelsService:
         async with self._parse_slots:
             return await asyncio.to_thread(_decode, raw, model)
 
-    async def _score_batch(self, item: _Item) -> Any:
-        """One item's pooled call (``GenModelsServer`` pools items with ``@serve.batch``)."""
-        return (await self._run_batch([item]))[0]
-
     async def _guard(self, request: Request, handler: Callable[[], Awaitable[Any]]) -> JSONResponse:
         """Check the key; run a handler under the deadline; map every failure to a JSON error
         whose message names no file, URI or SQL (details go to the replica's log)."""
@@ -657,34 +954,31 @@ class GenModelsService:
             self._bodies.release(request)
 
     async def _run(self, handler: Callable[[], Awaitable[Any]]) -> JSONResponse:
+        """The handler's result as JSON, or its error (``_failure``); past the deadline a 504.
+        A request that ends early (deadline; the client left, which cancels this coroutine)
+        cancels its work: a queued model call is dropped, a running one stops between calls."""
         task = asyncio.ensure_future(handler())  # copies the context: Serve's request context
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved if orphaned
         try:
             done, _ = await asyncio.wait({task}, timeout=self.cfg.request_timeout_s)
-            if not done:
-                raise ApiError(504, f"request took longer than {self.cfg.request_timeout_s:g} s")
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not done:
+            task.cancel()
+            return _error(504, f"request took longer than {self.cfg.request_timeout_s:g} s")
+        try:
             return JSONResponse(task.result())
-        except ApiError as e:
-            return _error(e.status, e.message)
-        except genmodels.NoLikelihoodError as e:
-            return _error(422, str(e))
-        except registry.NotFoundError as e:
-            return _error(404, str(e))
-        except registry.RegistryError as e:
-            logger.warning("genmodels serve: registry error: %s", e)
-            return _error(503, "model registry unavailable; try again later")
-        except Exception:
-            logger.exception("genmodels serve: unexpected error")
-            return _error(500, "internal error (logged on the server)")
+        except Exception as e:
+            return _error(*_failure(e))
 
-    async def _data_spec(self, v: _Version) -> tuple[tuple[int, ...], int, _Loaded | None]:
-        """(input shape, levels, the model if it had to be loaded): from the version's tags, so
-        a bad request costs no model load; an untagged version is asked by loading it."""
+    async def _data_spec(self, v: _Version) -> tuple[tuple[int, ...], int, str | None]:
+        """(input shape, levels, likelihood) from the version's tags, so that a bad request costs
+        no model load; an untagged version is asked of the model runner (which loads it)."""
         shape, levels = v.spec
         if shape:
-            return shape, levels, None
-        loaded = await self._load(v.key)
-        return loaded.model.input_shape, loaded.model.levels, loaded
+            return shape, levels, v.tags.get("likelihood")
+        return await self._runner.spec(v.key)
 
     def _capabilities(self, v: _Version) -> frozenset[str]:
         """What the version offers: its tag, or (versions registered before the tag existed)
@@ -847,10 +1141,11 @@ class GenModelsService:
         self._require(name, v, "sample")
         self._require_condition(name, v, body.condition)
         condition = _condition(body.condition, body.n)
-        loaded = await self._load(v.key)
-        x = await asyncio.to_thread(
-            loaded.call, "sample", body.n, generator=_generator(body.seed), condition=condition
-        )
+        # Unseeded draws of the same model and condition keys are pooled into one call; a
+        # seeded draw runs alone: it equals model.sample(n, generator=seeded, ...) in Python.
+        rows, fixed = ({"condition": condition}, {}) if condition else ({}, {"condition": None})
+        pool = None if body.seed is not None else ("sample", tuple(sorted(condition or {})))
+        x = await self._runner.run(v.key, _Job("sample", body.n, rows, fixed, body.seed, pool))
         return {
             "model": name,
             "version": int(v.version),
@@ -865,16 +1160,14 @@ class GenModelsService:
             raise ApiError(422, f"{name}: family {v.family!r} has no likelihood to score")
         self._require(name, v, "log_prob")
         self._require_condition(name, v, body.condition)
-        shape, levels, loaded = await self._data_spec(v)
+        shape, levels, likelihood = await self._data_spec(v)
         x = _to_batch(body.x, shape, levels, self.cfg.max_batch)
         condition = _condition(body.condition, len(x))
-        loaded = loaded or await self._load(v.key)
-        pooled = (body.seed is None or loaded.model.likelihood == "exact") and condition is None
-        group = v.key if pooled else (v.key, object())  # a seeded estimate is scored alone
-        kwargs = {"condition": condition} if condition is not None else None
-        result = await self._score_batch(_Item(group, loaded, x, body.seed, "score", kwargs))
-        if isinstance(result, Exception):
-            raise result
+        rows = {"x": x, "condition": condition} if condition else {"x": x}
+        pool = None  # a seeded estimate is scored alone: reproducible whatever is in flight
+        if body.seed is None or likelihood == "exact":
+            pool = ("score", tuple(sorted(condition or {})))
+        result = await self._runner.run(v.key, _Job("score", len(x), rows, {}, body.seed, pool))
         log_prob, stderr, method = result.log_prob, result.stderr, result.method
         d = math.prod(shape)
         lp = log_prob.tolist()
@@ -901,7 +1194,7 @@ class GenModelsService:
         body = await self._parse(request, _REQUESTS[cap.name])
         v = await self._resolve(name, body)
         self._require(name, v, cap.name)
-        shape, levels, loaded = await self._data_spec(v)
+        shape, levels, _ = await self._data_spec(v)
         rows = min(cap.max_rows, self.cfg.max_batch)
         kwargs: dict[str, Any] = {}
         for field in cap.fields:
@@ -933,51 +1226,21 @@ class GenModelsService:
         if "condition" in kwargs:
             self._require_condition(name, v, kwargs["condition"])
             kwargs["condition"] = _condition(kwargs["condition"], n_rows)
-        loaded = loaded or await self._load(v.key)
-        if cap.batchable and "x" in kwargs and (not cap.seeded or body.seed is None):
+        seed = body.seed if cap.seeded else None
+        if cap.batchable and "x" in kwargs and seed is None:
             x = kwargs.pop("x")
             fixed = {k: val for k, val in kwargs.items() if val is not None}
-            group = (v.key, cap.method, json.dumps(fixed, sort_keys=True, default=str))
-            result = await self._score_batch(_Item(group, loaded, x, body.seed, cap.method, fixed))
-            if isinstance(result, Exception):
-                raise result
+            pool = (cap.method, json.dumps(fixed, sort_keys=True, default=str))
+            job = _Job(cap.method, len(x), {"x": x}, fixed, None, pool)
         else:
-            if cap.seeded:
-                kwargs["generator"] = _generator(body.seed)
-            result = await asyncio.to_thread(loaded.call, cap.method, **kwargs)
+            job = _Job(cap.method, n_rows, {}, kwargs, seed)
+        result = await self._runner.run(v.key, job)
         return {
             "model": name,
             "version": int(v.version),
             "capability": cap.name,
             **_result_fields(result, cap),
         }
-
-    async def _run_batch(self, items: list[_Item]) -> list[Any]:
-        """Run a pooled batch (scores, and every batchable capability): one model call per
-        group (same version, method and arguments); a group's failure is only its items'."""
-        groups: dict[Any, list[int]] = {}
-        for i, item in enumerate(items):
-            groups.setdefault(item.group, []).append(i)
-        out: list[Any] = [None] * len(items)
-
-        async def run(idx: list[int]) -> None:
-            first = items[idx[0]]
-            x = torch.cat([items[i].x for i in idx])
-            kwargs = dict(first.kwargs or {})
-            if genmodels.CAPABILITIES[_METHOD_CAPABILITY[first.method]].seeded:
-                kwargs["generator"] = _generator(first.seed)
-            try:
-                r = await asyncio.to_thread(first.model.call, first.method, x, **kwargs)
-                parts = _split(r, [len(items[i].x) for i in idx])
-            except Exception as e:
-                for i in idx:
-                    out[i] = e
-                return
-            for i, part in zip(idx, parts):
-                out[i] = part
-
-        await asyncio.gather(*(run(idx) for idx in groups.values()))
-        return out
 
 
 # ---------------------------------------------------------------------------------- the API
@@ -1035,21 +1298,42 @@ api = make_api()
 @serve.deployment
 @serve.ingress(api)
 class GenModelsServer(GenModelsService):
-    """The Serve deployment: models loaded through ``@serve.multiplexed`` (LRU per replica,
-    routable by the ``serve_multiplexed_model_id`` header), pooled calls through ``@serve.batch``."""
+    """The Serve ingress: authentication, bodies, validation and registry lookups; model calls
+    go to the ``ModelWorker`` replicas through ``_RemoteRunner`` (retried on a lost replica)."""
+
+    def __init__(self, cfg: ServeConfig, worker: Any) -> None:
+        _bound_mlflow_retries(cfg)
+        super().__init__(cfg, _RemoteRunner(worker, cfg))
+
+
+@serve.deployment
+class ModelWorker:
+    """The Serve deployment that holds models: ``@serve.multiplexed`` (at most ``max_models``
+    per replica, LRU; the ingress routes by ``name@version``) and a ``ModelRunner`` that pools
+    concurrent calls. Errors are returned as ``_Failure`` values, not raised, so the ingress
+    tells them from a lost replica."""
 
     def __init__(self, cfg: ServeConfig) -> None:
-        # MLflow's HTTP client retries 7 times with backoff by default (a lookup of a dead
-        # tracking server gave up after 249 s, holding a thread): bound it unless configured.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(cfg.registry_timeout_s) + 1))
-        super().__init__(cfg, serve.multiplexed(max_num_models_per_replica=cfg.max_models))
-        self._score_batch.set_max_batch_size(cfg.max_batch)
-        self._score_batch.set_batch_wait_timeout_s(cfg.batch_wait_s)
+        _bound_mlflow_retries(cfg)
+        _registry_client_env(cfg)
 
-    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.01, batch_size_fn=_rows)
-    async def _score_batch(self, items: list[_Item]) -> list[Any]:
-        return await self._run_batch(items)
+        async def load(key: str) -> _Loaded:
+            return await _load_version(cfg.tracking_uri, key)
+
+        multiplexed = serve.multiplexed(max_num_models_per_replica=cfg.max_models)(_shared(load))
+        self.runner = ModelRunner(cfg, multiplexed)
+
+    async def spec(self, key: str) -> Any:
+        try:
+            return await self.runner.spec(key)
+        except Exception as e:
+            return _Failure(*_failure(e))
+
+    async def run(self, key: str, job: _Job) -> Any:
+        try:
+            return await self.runner.run(key, job)
+        except Exception as e:
+            return _Failure(*_failure(e))
 
 
 # -------------------------------------------------------------------------------- public API
@@ -1059,26 +1343,31 @@ def build_app(
     num_replicas: int = 1,
     max_ongoing_requests: int | None = None,
     ray_actor_options: dict[str, Any] | None = None,
+    ingress_replicas: int = 1,
+    ingress_actor_options: dict[str, Any] | None = None,
     env_vars: dict[str, str] | None = None,
     api_key: str | None = None,
     **settings: Any,
 ) -> serve.Application:
-    """The bound application (pass it to ``serve.run``).
+    """The bound application (pass it to ``serve.run``): the ingress ``GenModelsServer`` and
+    the model replicas ``ModelWorker``.
 
     Args:
         tracking_uri: the MLflow store (default and relative sqlite paths: see
             ``registry.resolve_tracking_uri``).
-        num_replicas, max_ongoing_requests: per deployment; ``max_ongoing_requests`` defaults
-            to ``max_batch`` so that a batch can fill with one-row requests.
-        ray_actor_options: for the replicas (``num_cpus``, ``runtime_env``...).
-        env_vars: environment of the replicas (e.g. ``MLFLOW_HTTP_REQUEST_TIMEOUT``).
+        num_replicas, max_ongoing_requests, ray_actor_options: of the model replicas (they
+            hold the models: ``num_cpus``/``num_gpus`` go here); ``max_ongoing_requests``
+            defaults to ``max_batch`` so that one call can pool that many one-row requests.
+        ingress_replicas, ingress_actor_options: of the ingress (default: 1 replica reserving
+            no CPU, with the model replicas' ``runtime_env``; the ingress parses and routes).
+        env_vars: environment of every replica (e.g. ``MLFLOW_HTTP_REQUEST_TIMEOUT``).
         api_key: the key clients must send (``Authorization: Bearer <key>``); default
             ``$GENMODELS_API_KEY`` of this process. Only its SHA-256 goes into the deployment's
             config. Without any key (here, ``api_key_file``, or the replicas' environment)
             every endpoint is open: keep such a server on 127.0.0.1.
         **settings: the fields of ``ServeConfig``: ``max_batch=256``, ``request_timeout_s=30``,
-            ``sample_limits=None`` ({family: n}), ``max_models=8``, ``batch_wait_s=0.01``,
-            ``alias_ttl_s=10``.
+            ``sample_limits=None`` ({family: n}), ``max_models=8``, ``batch_wait_s=0``,
+            ``sample_chunk=64``, ``call_retries=8``, ``alias_ttl_s=10``.
     """
     settings["sample_limits"] = settings.get("sample_limits") or {}
     api_key = api_key or os.environ.get(API_KEY_ENV)
@@ -1090,13 +1379,19 @@ def build_app(
         runtime_env = dict(actor.get("runtime_env") or {})
         runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **env_vars}
         actor["runtime_env"] = runtime_env
-    options: dict[str, Any] = {
-        "num_replicas": int(num_replicas),
-        "max_ongoing_requests": int(max_ongoing_requests or cfg.max_batch),
-    }
+    ongoing = int(max_ongoing_requests or cfg.max_batch)
+    options: dict[str, Any] = {"num_replicas": int(num_replicas), "max_ongoing_requests": ongoing}
     if actor:
         options["ray_actor_options"] = actor
-    return GenModelsServer.options(**options).bind(cfg)
+    ingress = {"num_cpus": 0, **(ingress_actor_options or {})}
+    if "runtime_env" in actor and "runtime_env" not in ingress:
+        ingress["runtime_env"] = actor["runtime_env"]
+    worker = ModelWorker.options(**options).bind(cfg)
+    return GenModelsServer.options(
+        num_replicas=int(ingress_replicas),
+        max_ongoing_requests=ongoing * max(1, int(num_replicas)),
+        ray_actor_options=ingress,
+    ).bind(cfg, worker)
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:

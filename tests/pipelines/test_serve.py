@@ -246,11 +246,11 @@ def test_score_seeded_estimate_is_reproducible(client, store):
 
 
 def _in_replica(fn, *args):
-    """Run ``fn(replica_actor, *args)`` inside the main app's (single) replica process."""
+    """Run ``fn(replica_actor, *args)`` inside the main app's (single) model replica process."""
     import ray
     from ray.util.state import list_actors
 
-    cls = f"ServeReplica:{APP}:GenModelsServer"
+    cls = f"ServeReplica:{APP}:ModelWorker"
     (actor,) = list_actors(filters=[("class_name", "=", cls), ("state", "=", "ALIVE")])
     handle = ray.get_actor(actor.name, namespace="serve")
     return ray.get(handle.__ray_call__.remote(fn, *args), timeout=60)
@@ -329,6 +329,70 @@ def test_concurrent_scores_are_batched_correctly(client, store):
     for _ in range(5):
         _post(client, "/v1/models/made-toy/score", x=_binary(1).tolist())
     print(f"score latency (sequential, warm): {(time.perf_counter() - t0) / 5 * 1e3:.1f} ms")
+
+
+def test_killing_a_model_replica_under_load_fails_no_request(client, store):
+    """Issue 18: two model replicas, 6 clients scoring without pause; the replica that holds
+    the model is killed: every request still succeeds (the ingress retries the calls the dead
+    replica had; Serve alone answered them with 500s). Control: ``call_retries=0`` fails some."""
+    import ray
+    from ray.util.state import list_actors
+
+    def held(replica) -> int:  # runs in a model replica: how many versions it has served
+        from pipelines import serve as s
+
+        return sum(len(runner.served()) for runner in s.RUNNERS)
+
+    def replicas(app):
+        cls = f"ServeReplica:{app}:ModelWorker"
+        found = list_actors(filters=[("class_name", "=", cls), ("state", "=", "ALIVE")])
+        return [ray.get_actor(a.name, namespace="serve") for a in found]
+
+    def run(retries: int) -> tuple[int, list[int]]:
+        app = f"{APP}-two{retries}"
+        serve.run(
+            gm_serve.build_app(
+                store.uri,
+                num_replicas=2,
+                request_timeout_s=120,
+                registry_timeout_s=60,
+                call_retries=retries,
+                ray_actor_options={"num_cpus": 0},
+            ),
+            name=app,
+            route_prefix=f"/two{retries}",
+        )
+        try:
+            path = f"/two{retries}/v1/models/made-toy/score"
+            x = _binary(2).tolist()
+            assert _post(client, path, x=x).status_code == 200  # loaded on one replica
+            found = replicas(app)
+            assert len(found) == 2
+            (victim,) = [h for h in found if ray.get(h.__ray_call__.remote(held), timeout=60)]
+            stop, codes = time.monotonic() + 8.0, []
+
+            def clientloop() -> None:
+                with httpx.Client(base_url=client.base_url, timeout=150) as http:
+                    while time.monotonic() < stop:
+                        codes.append(_post(http, path, x=x).status_code)
+
+            with ThreadPoolExecutor(6) as pool:
+                futures = [pool.submit(clientloop) for _ in range(6)]
+                time.sleep(2.0)
+                sent_before = len(codes)
+                ray.kill(victim, no_restart=True)
+                for f in futures:
+                    f.result()
+        finally:
+            serve.delete(app)
+        return sent_before, codes
+
+    sent_before, codes = run(8)
+    failed = [c for c in codes if c != 200]
+    print(f"replica killed after {sent_before} requests; {len(codes)} sent, failed: {failed}")
+    assert sent_before > 0 and len(codes) > sent_before and not failed
+    _, codes = run(0)
+    assert [c for c in codes if c != 200], "control: without retries a killed replica fails some"
 
 
 # --------------------------------------------------------------------------------------- errors

@@ -145,14 +145,17 @@ def test_impute_input_errors(http, body, status, fragment):
 
 
 # ------------------------------------------------------------------------------ classify
-def _in_replica(fn):
-    """Run ``fn(replica_actor)`` inside this module's app replica (one replica)."""
+def _in_replicas(fn):
+    """Run ``fn(replica_actor)`` inside this module's app replicas: the ingress (which checks
+    that a version's family is installed) and the model replica (which loads it)."""
     import ray
     from ray.util.state import list_actors
 
-    cls = f"ServeReplica:{APP}:GenModelsServer"
-    (actor,) = list_actors(filters=[("class_name", "=", cls), ("state", "=", "ALIVE")])
-    return ray.get(ray.get_actor(actor.name, namespace="serve").__ray_call__.remote(fn), timeout=60)
+    for deployment in ("GenModelsServer", "ModelWorker"):
+        cls = f"ServeReplica:{APP}:{deployment}"
+        (actor,) = list_actors(filters=[("class_name", "=", cls), ("state", "=", "ALIVE")])
+        handle = ray.get_actor(actor.name, namespace="serve")
+        ray.get(handle.__ray_call__.remote(fn), timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +172,7 @@ def classifier(http, store):
 
         family.install()
 
-    _in_replica(install)
+    _in_replicas(install)
     torch.manual_seed(0)
     model = genmodels.build(classify_family.FAMILY, input_shape=SHAPE, num_classes=4).eval()
     with torch.no_grad():  # weights large enough that the classes differ per row
