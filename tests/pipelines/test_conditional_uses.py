@@ -10,17 +10,15 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import httpx
 import numpy as np
 import pytest
 import torch
-from ray import serve
 
 import genmodels
 from pipelines import registry
-from pipelines import serve as gm_serve
 from pipelines.cli import main
 from pipelines.data import prepare_dataset
+from tests.pipelines.serving import error_message, serve_app
 
 NUM_CLASSES = 4
 
@@ -120,23 +118,11 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def http(ray_session, serve_port, store):
-    url = gm_serve.start(
-        store.uri,
-        port=serve_port,
-        name=APP,
-        route_prefix="/conditional",
-        max_batch=32,
-        ray_actor_options={"num_cpus": 0},
-    )
-    with httpx.Client(base_url=url, timeout=60) as client:
+    with serve_app(store.uri, serve_port, APP, "/conditional") as client:
         yield client
-    gm_serve.shutdown(APP)
-    assert APP not in serve.status().applications
 
 
-def _error(r, status: int) -> str:
-    assert r.status_code == status, r.text
-    return r.json()["error"]["message"]
+_error = error_message
 
 
 @pytest.mark.ray

@@ -118,8 +118,9 @@ def http(store):
 
 
 def _error(r, status: int) -> str:
-    assert r.status_code == status, r.text
-    return r.json()["error"]["message"]
+    from tests.pipelines.serving import error_message
+
+    return error_message(r, status)
 
 
 def test_serve_predict_and_its_422s(http, store):

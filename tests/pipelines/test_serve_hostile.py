@@ -409,7 +409,11 @@ def test_cluster_serve_configs_require_a_key(store, tmp_path):
 
     path = Path(__file__).parents[2] / "cluster" / "serve-config.yaml"
     (app,) = yaml.safe_load(path.read_text())["applications"]
-    args = {k: v for k, v in app["args"].items() if k not in ("num_replicas", "ingress_replicas", "sample_limits")}
+    args = {
+        k: v
+        for k, v in app["args"].items()
+        if k not in ("num_replicas", "ingress_replicas", "sample_limits")
+    }
     cfg = gm_serve.ServeConfig(**{**args, "tracking_uri": store.uri})
     assert cfg.require_api_key and cfg.api_key_file and not cfg.docs
     with pytest.raises(FileNotFoundError):

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import httpx
 import pytest
 import torch
-from ray import serve
 
 import genmodels
 from pipelines import registry
-from pipelines import serve as gm_serve
 from tests.genmodels.test_contract import TINY
+from tests.pipelines.serving import error_message, serve_app
 
 pytestmark = pytest.mark.ray
 
@@ -44,25 +42,12 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def http(ray_session, serve_port, store):
-    url = gm_serve.start(
-        store.uri,
-        port=serve_port,
-        name=APP,
-        route_prefix="/uses",
-        max_batch=32,
-        # not 5 s: /v1/models on a cold replica took 7 s here with the 2 cores loaded 15x
-        registry_timeout_s=60,
-        ray_actor_options={"num_cpus": 0},
-    )
-    with httpx.Client(base_url=url, timeout=60) as client:
+    # registry deadline not 5 s: /v1/models on a cold replica took 7 s with the 2 cores loaded 15x
+    with serve_app(store.uri, serve_port, APP, "/uses", registry_timeout_s=60) as client:
         yield client
-    gm_serve.shutdown(APP)
-    assert APP not in serve.status().applications
 
 
-def _error(r, status: int) -> str:
-    assert r.status_code == status, r.text
-    return r.json()["error"]["message"]
+_error = error_message
 
 
 def test_models_list_each_versions_capabilities(http, store):

@@ -114,26 +114,16 @@ APP = "translate-test"
 
 @pytest.fixture(scope="module")
 def http(ray_session, serve_port, store):
-    import httpx
+    from tests.pipelines.serving import serve_app
 
-    from pipelines import serve as gm_serve
-
-    url = gm_serve.start(
-        store.uri,
-        port=serve_port,
-        name=APP,
-        route_prefix="/tr",
-        max_batch=32,
-        ray_actor_options={"num_cpus": 0},
-    )
-    with httpx.Client(base_url=url, timeout=120) as client:
+    with serve_app(store.uri, serve_port, APP, "/tr", timeout=120) as client:
         yield client
-    gm_serve.shutdown(APP)
 
 
 def _error(r, status: int) -> str:
-    assert r.status_code == status, r.text
-    return r.json()["error"]["message"]
+    from tests.pipelines.serving import error_message
+
+    return error_message(r, status)
 
 
 @pytest.mark.ray
