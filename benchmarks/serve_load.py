@@ -26,9 +26,9 @@ server. The table gives the median over the repeats of each figure, and ours / b
 The machine is shared (2 cores, other jobs running): per run the load generator records the
 1-minute load average, the cores the whole machine was busy (``/proc/stat``), the CPU the
 servers' processes used (ours: the Serve controller, proxy and replicas; bare: its process) and
-its own CPU; ``other cores`` = machine busy - servers - generator, the load the table could not
-control. CPU per request (server processes) is reported too: it is less sensitive to the
-neighbours than wall-clock throughput.
+its own CPU; ``other cores`` = machine busy - servers - generator: the other jobs, and Ray's
+own GCS, raylet and dashboard processes (running in both servers' runs). CPU per request (server
+processes) is reported too: it is less sensitive to the neighbours than wall-clock throughput.
 
 **Fault table** (our app only, 2 model replicas unless said otherwise; a load of 16 clients
 sending one-row ``score`` requests with a seed; a client that gets an error waits 50 ms before
@@ -1185,20 +1185,24 @@ def write_md(result: dict[str, Any], path: Path) -> None:
             f"Median of {s['repeats']} interleaved runs (bare, ours, bare, ours) of "
             f"{s['duration_s']:g} s after {s['warmup_s']:g} s of warm-up; closed-loop clients on "
             f"loopback; the bare server's torch threads: {s['bare_threads']}. "
-            "`other cores`: the machine's busy cores not used by the servers or the load "
-            "generator (the neighbours), median over the cell's runs.",
+            "`other cores`: the machine's busy cores not used by the servers' processes or the "
+            "load generator (other jobs, and Ray's GCS, raylet and dashboard), the larger of "
+            "the two servers' medians. Server CPU: bare, its process; ours, the Serve "
+            "controller, proxy and replicas.",
             "",
-            "| endpoint | clients | bare req/s | ours req/s | ours/bare | bare p50 / p95 / p99 ms "
+            "| endpoint | clients | bare req/s | ours req/s | ours/bare (per pair) "
+            "| bare p50 / p95 / p99 ms "
             "| ours p50 / p95 / p99 ms | ours/bare p50 | errors bare / ours | "
             "server CPU ms/req bare / ours | other cores | load avg |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in result["load"]["cells"]:
             errs_o = r["ours_errors"]
+            pairs = ", ".join(_f(v, 2) for v in r["ratio_rps_per_pair"])
             codes_o = r["ours_codes"]
             lines.append(
                 f"| {r['endpoint']} | {r['clients']} | {_f(r['bare_rps'], 1)} | "
-                f"{_f(r['ours_rps'], 1)} | {_f(r['ratio_rps'], 2)} | "
+                f"{_f(r['ours_rps'], 1)} | {_f(r['ratio_rps'], 2)} ({pairs}) | "
                 f"{_f(r['bare_p50_ms'])} / {_f(r['bare_p95_ms'])} / {_f(r['bare_p99_ms'])} | "
                 f"{_f(r['ours_p50_ms'])} / {_f(r['ours_p95_ms'])} / {_f(r['ours_p99_ms'])} | "
                 f"{_f(r['ratio_p50_ms'], 2)} | {r['bare_errors']} / {errs_o}"
