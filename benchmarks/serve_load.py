@@ -198,11 +198,48 @@ class BareSample(BaseModel):
     version: int | None = None
 
 
+def echo_apps() -> tuple[Any, Any]:
+    """Serve's floor, for the breakdown cells: ``echo`` (the proxy and one FastAPI replica that
+    reads the body and answers ``{"ok": true}``) and ``echo-hop`` (the same, plus one handle
+    call to a second deployment that returns True: the hop our ingress makes to a model
+    replica). Replicas reserve no CPU, as the ingress."""
+    from fastapi import FastAPI, Request
+    from ray import serve
+
+    single, hop = FastAPI(), FastAPI()
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    @serve.ingress(single)
+    class Echo:
+        @single.post("/")
+        async def echo(self, request: Request) -> dict:
+            await request.body()
+            return {"ok": True}
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    class Leaf:
+        async def __call__(self, size: int) -> bool:
+            return True
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    @serve.ingress(hop)
+    class EchoHop:
+        def __init__(self, leaf: Any) -> None:
+            self.leaf = leaf
+
+        @hop.post("/")
+        async def echo(self, request: Request) -> dict:
+            body = await request.body()
+            return {"ok": await self.leaf.remote(len(body))}
+
+    return Echo.bind(), EchoHop.bind(Leaf.bind())
+
+
 def make_bare_app(uri: str, names: list[str]):
     """The bare server: FastAPI, the registered champions loaded once at start-up, each model
     call in FastAPI's thread pool (``def`` endpoints), no batching, no lock."""
     import torch
-    from fastapi import FastAPI, HTTPException
+    from fastapi import FastAPI, HTTPException, Request
 
     from pipelines import registry
 
@@ -224,6 +261,12 @@ def make_bare_app(uri: str, names: list[str]):
     @app.get("/healthz")
     def healthz() -> dict:
         return {"status": "ok"}
+
+    @app.post("/echo/")
+    @app.post("/echo-hop/")  # the bare server has no second hop: the same answer
+    async def echo(request: Request) -> dict:
+        await request.body()
+        return {"ok": True}
 
     @app.post("/v1/models/{name}/score")
     def score(name: str, body: BareScore) -> dict:
@@ -586,6 +629,22 @@ class Bench:
         print(f"[setup] deployed {kw} in {took:.1f} s", flush=True)
         return took
 
+    def deploy_echo(self) -> None:
+        """The breakdown's two floor apps at ``/echo`` and ``/echo-hop`` (``echo_apps``)."""
+        from ray import serve
+
+        from pipelines import runtime
+
+        def run() -> None:
+            for (name, prefix), app in zip(
+                (("echo", "/echo"), ("echo-hop", "/echo-hop")), echo_apps()
+            ):
+                serve.run(
+                    app, name=name, route_prefix=prefix, logging_config={"enable_access_log": False}
+                )
+
+        runtime.run_bounded(run, timeout_s=300, what="serve.run (echo apps)")
+
     def actors(self) -> list[Any]:
         from ray.util.state import list_actors
 
@@ -713,6 +772,20 @@ class Bench:
             for e in ("score", "sample n=1", "sample n=64")
             for c in a.clients
         ]
+        if a.breakdown:
+            # Where the time goes: Serve's floor (proxy + one replica; + one handle hop) with
+            # the score cells' bodies, and unseeded n=1 samples (which our app pools; seeded
+            # ones run alone, so the cells above cannot pool them).
+            self.deploy_echo()
+            score_bodies = self.bodies()["score"]
+            for endpoint, path in (("echo", "/echo/"), ("echo+hop", "/echo-hop/")):
+                for c in (1, 16):
+                    target = {"path": path, "bodies": score_bodies}
+                    cells.append({"endpoint": endpoint, "clients": c, "targets": [target]})
+            unseeded = [json.dumps({"n": 1})]
+            for c in (16, 64):
+                target = {"path": f"/v1/models/{SAMPLE_MODEL}/sample", "bodies": unseeded}
+                cells.append({"endpoint": "sample n=1 unseeded", "clients": c, "targets": [target]})
         spec = {
             "kind": "cells",
             "cells": cells,
@@ -1291,6 +1364,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=8.0, help="measured seconds per run")
     p.add_argument("--warmup", type=float, default=1.5, help="unrecorded seconds per run")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64])
+    p.add_argument(
+        "--no-breakdown",
+        dest="breakdown",
+        action="store_false",
+        help="skip the breakdown cells (Serve's floor: echo, echo + hop; unseeded samples)",
+    )
     p.add_argument("--train-steps", type=int, default=300, help="Adam steps per model")
     p.add_argument("--train-s", type=float, default=30.0, help="at most this long (wall) each")
     p.add_argument("--fault-lead", type=float, default=3.0, help="seconds of load before a fault")

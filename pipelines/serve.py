@@ -194,6 +194,13 @@ class ServeConfig(BaseModel):
     call_retries: int = Field(
         8, ge=0, le=100, description="retries of a model call whose replica died (ingress)"
     )
+    calls_in_flight: int = Field(
+        2,
+        ge=1,
+        le=1024,
+        description="batches of requests per version an ingress replica has out to the model "
+        "replicas at once (build_app: num_replicas + 1)",
+    )
     alias_ttl_s: float = Field(10.0, ge=0, description="how long alias→version is cached")
     max_num_samples: int = Field(16, ge=1, description="most imputations per example (impute)")
     max_steps: int = Field(10, ge=1, description="most frames rolled out per request (predict)")
@@ -774,36 +781,110 @@ class _RegistryState:
 
 
 class _RemoteRunner:
-    """The ingress's way to the ``ModelWorker`` replicas (a ``ModelRunner`` each): a handle
-    call routed by version (``multiplexed_model_id``: a replica that holds the model is
-    preferred), retried when its replica dies or is unavailable (Serve does not retry a call in
-    flight: ray#52365) at most ``call_retries`` times with a growing pause (50 ms to 1 s), all
-    inside the request's deadline. Every call is idempotent or may be repeated: scores and
-    seeded draws give the same answer; an unseeded draw gives another. A cancelled request
-    (client gone, deadline) cancels its call in the replica."""
+    """The ingress's way to the ``ModelWorker`` replicas (a ``ModelRunner`` each).
+
+    Jobs for one version queue here and go to the replicas in batches: one handle call carries
+    every job that queued while earlier calls were out (up to ``max_batch`` rows), at most
+    ``calls_in_flight`` calls per version at a time (build_app: the model replicas + 1), routed
+    by version (``multiplexed_model_id``: a replica that holds the model is preferred). A handle
+    call costs the ingress and the replica far more CPU than a small model call (measured in
+    ``benchmarks/serve_load.py``), so under load the hop is paid once per batch, not per request;
+    a lone request is sent at once. The replica runs a batch's jobs through its ``ModelRunner``
+    (which pools them into model calls) and answers each job with its result or ``_Failure``.
+
+    A call whose replica dies or is unavailable is sent again (Serve does not retry a call in
+    flight: ray#52365), at most ``call_retries`` times with a growing pause (50 ms to 1 s), all
+    inside the requests' deadline. Every job may be repeated: scores and seeded draws give the
+    same answer; an unseeded draw gives another. A cancelled request (client gone, deadline)
+    leaves the queue; a call whose requests were all cancelled is cancelled in the replica."""
 
     def __init__(self, handle: Any, cfg: ServeConfig) -> None:
         self.handle, self.cfg = handle, cfg
+        self._queues: dict[str, list[tuple[_Job, asyncio.Future]]] = {}
+        self._inflight: dict[str, int] = {}
 
     async def spec(self, key: str) -> tuple[tuple[int, ...], int, str]:
-        return await self._call("spec", key)
+        out = await self._call("spec", key, (), [])
+        if isinstance(out, _Failure):
+            raise ApiError(out.status, out.message)
+        return out
 
     async def run(self, key: str, job: _Job) -> Any:
-        return await self._call("run", key, job)
+        future = asyncio.get_running_loop().create_future()
+        self._queues.setdefault(key, []).append((job, future))
+        self._pump(key)
+        return await future  # a cancellation cancels the future: the job leaves the queue
 
-    async def _call(self, method: str, key: str, *args: Any) -> Any:
+    def _pump(self, key: str) -> None:
+        q = self._queues.get(key, [])
+        while self._inflight.get(key, 0) < self.cfg.calls_in_flight:
+            q[:] = [(j, f) for j, f in q if not f.done()]
+            if not q:
+                return
+            batch = [q.pop(0)]
+            rows = batch[0][0].n
+            while q and rows + q[0][0].n <= self.cfg.max_batch:
+                job, future = q.pop(0)
+                if not future.done():
+                    batch.append((job, future))
+                    rows += job.n
+            self._inflight[key] = self._inflight.get(key, 0) + 1
+            task = asyncio.ensure_future(self._send(key, batch))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _send(self, key: str, batch: list[tuple[_Job, asyncio.Future]]) -> None:
+        futures = [f for _, f in batch]
+        try:
+            outs = await self._call("run_many", key, ([j for j, _ in batch],), futures)
+            if outs is None:
+                return  # every request gave up
+            if isinstance(outs, _Failure):
+                outs = [outs] * len(batch)
+            for future, out in zip(futures, outs):
+                if future.done():
+                    continue
+                if isinstance(out, _Failure):
+                    future.set_exception(ApiError(out.status, out.message))
+                else:
+                    future.set_result(out)
+        except Exception as e:
+            for future in futures:
+                if not future.done():
+                    future.set_exception(e)
+        finally:
+            self._inflight[key] -= 1
+            self._pump(key)
+
+    async def _call(self, method: str, key: str, args: tuple, futures: list[asyncio.Future]) -> Any:
+        """``method(key, *args)`` on a replica, retried on a lost replica; None when every one
+        of ``futures`` (the requests waiting for it) was cancelled first."""
         from ray.exceptions import ActorUnavailableError, RayActorError
 
         pause = 0.05
         for attempt in range(self.cfg.call_retries + 1):
-            response = getattr(self.handle.options(multiplexed_model_id=key), method).remote(
-                key, *args
-            )
+            handle = self.handle.options(multiplexed_model_id=key)
+            response = getattr(handle, method).remote(key, *args)
+            answer = asyncio.ensure_future(_awaited(response))
+            waiting = {answer}
+            gone = None
+            if futures:
+                gone = asyncio.ensure_future(asyncio.wait(futures))
+                waiting.add(gone)
             try:
-                out = await response
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             except asyncio.CancelledError:
                 response.cancel()
+                answer.cancel()
                 raise
+            finally:
+                if gone is not None:
+                    gone.cancel()
+            if not answer.done():  # every request was cancelled: cancel the call
+                response.cancel()
+                answer.cancel()
+                return None
+            try:
+                return answer.result()
             except (RayActorError, ActorUnavailableError) as e:
                 if attempt == self.cfg.call_retries:
                     logger.warning("genmodels serve: %s: no model replica answered: %s", key, e)
@@ -816,11 +897,11 @@ class _RemoteRunner:
                 )
                 await asyncio.sleep(pause)
                 pause = min(1.0, 2 * pause)
-                continue
-            if isinstance(out, _Failure):
-                raise ApiError(out.status, out.message)
-            return out
         raise AssertionError("unreachable")
+
+
+async def _awaited(response: Any) -> Any:
+    return await response
 
 
 class GenModelsService:
@@ -1329,11 +1410,21 @@ class ModelWorker:
         except Exception as e:
             return _Failure(*_failure(e))
 
-    async def run(self, key: str, job: _Job) -> Any:
+    async def run_many(self, key: str, jobs: list[_Job]) -> list[Any]:
+        """Each job's result or ``_Failure``; the jobs enter the runner together, so the ones
+        that can share a model call do."""
+        return await asyncio.gather(*(self._run(key, job) for job in jobs))
+
+    async def _run(self, key: str, job: _Job) -> Any:
         try:
-            return await self.runner.run(key, job)
+            out = await self.runner.run(key, job)
         except Exception as e:
             return _Failure(*_failure(e))
+        if job.method == "sample" and out.numel() and 0 <= out.min() and out.max() < 256:
+            # draws are integers in the data space: 1 byte each over the hop, not 4 (64 MNIST
+            # samples: 50 kB, under Ray's 100 kB inline limit, instead of 200 kB in the store)
+            out = out.to(torch.uint8)
+        return out
 
 
 # -------------------------------------------------------------------------------- public API
@@ -1370,6 +1461,7 @@ def build_app(
             ``sample_chunk=64``, ``call_retries=8``, ``alias_ttl_s=10``.
     """
     settings["sample_limits"] = settings.get("sample_limits") or {}
+    settings.setdefault("calls_in_flight", int(num_replicas) + 1)
     api_key = api_key or os.environ.get(API_KEY_ENV)
     if api_key:
         settings["api_key_sha256"] = hashlib.sha256(api_key.strip().encode()).hexdigest()

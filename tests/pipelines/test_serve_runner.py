@@ -225,37 +225,47 @@ def test_a_model_error_fails_only_its_requests():
     assert good.tolist() == [[4.0]]
 
 
-# ------------------------------------------------------------------------- the ingress's retries
+# ------------------------------------------------------------------------- the ingress's calls
 class _Response:
-    def __init__(self, outcome):
-        self.outcome, self.cancelled = outcome, False
+    """A stand-in for a DeploymentResponse: the outcome (returned, or raised), after ``gate``."""
+
+    def __init__(self, outcome, gate: asyncio.Event | None = None):
+        self.outcome, self.gate, self.cancelled = outcome, gate, False
 
     def __await__(self):
+        return self._result().__await__()
+
+    async def _result(self):
+        if self.gate is not None:
+            await self.gate.wait()
         if isinstance(self.outcome, BaseException):
             raise self.outcome
         return self.outcome
-        yield  # a generator: awaitable
 
     def cancel(self):
         self.cancelled = True
 
 
 class _Handle:
-    """A stand-in for a Serve DeploymentHandle: ``outcomes`` are returned (or raised) in turn."""
+    """A stand-in for a Serve DeploymentHandle: ``outcomes`` are the answers of its calls in
+    turn (a callable: computed from the call's jobs); ``gate`` holds every answer."""
 
-    def __init__(self, outcomes):
-        self.outcomes, self.calls = list(outcomes), []
+    def __init__(self, outcomes, gate: asyncio.Event | None = None):
+        self.outcomes, self.gate, self.calls, self.responses = list(outcomes), gate, [], []
 
     def options(self, **kw):
         return self
 
     @property
-    def run(self):
+    def run_many(self):
         return self
 
-    def remote(self, *args):
-        self.calls.append(args)
-        return _Response(self.outcomes.pop(0))
+    def remote(self, key, jobs):
+        self.calls.append(jobs)
+        outcome = self.outcomes.pop(0)
+        response = _Response(outcome(jobs) if callable(outcome) else outcome, self.gate)
+        self.responses.append(response)
+        return response
 
 
 def _died():
@@ -264,13 +274,16 @@ def _died():
     return ActorDiedError()
 
 
+def _cfg(**settings):
+    return gm_serve.ServeConfig(tracking_uri="sqlite:///unused.db", **settings)
+
+
 @pytest.mark.parametrize("retries, status", [(8, None), (1, 503)])
 def test_the_ingress_retries_a_call_whose_replica_died(retries, status):
     """Two replica deaths, then an answer: answered with 8 retries; a 503 (not a 500, not a
     hang) when the retries run out (the control)."""
-    cfg = gm_serve.ServeConfig(tracking_uri="sqlite:///unused.db", call_retries=retries)
-    handle = _Handle([_died(), _died(), "answer"])
-    runner = gm_serve._RemoteRunner(handle, cfg)
+    handle = _Handle([_died(), _died(), ["answer"]])
+    runner = gm_serve._RemoteRunner(handle, _cfg(call_retries=retries))
     job = _embed_job(torch.ones(1, 1, 2, 2))
     if status is None:
         assert asyncio.run(runner.run("m@1", job)) == "answer"
@@ -282,8 +295,58 @@ def test_the_ingress_retries_a_call_whose_replica_died(retries, status):
 
 
 def test_the_ingress_does_not_retry_a_model_error():
-    cfg = gm_serve.ServeConfig(tracking_uri="sqlite:///unused.db")
-    handle = _Handle([gm_serve._Failure(422, "bad input"), "never"])
+    handle = _Handle([[gm_serve._Failure(422, "bad input")], ["never"]])
     with pytest.raises(gm_serve.ApiError) as e:
-        asyncio.run(gm_serve._RemoteRunner(handle, cfg).run("m@1", _embed_job(torch.ones(1))))
+        asyncio.run(gm_serve._RemoteRunner(handle, _cfg()).run("m@1", _embed_job(torch.ones(1))))
     assert (e.value.status, e.value.message, len(handle.calls)) == (422, "bad input", 1)
+
+
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_the_ingress_sends_what_queued_as_one_call(in_flight):
+    """While its calls are out, 6 requests queue at the ingress; they go as ONE call (up to
+    max_batch rows), each request answered with its own result. With 2 calls in flight the
+    second request goes out at once, alone."""
+    gate = asyncio.Event()
+    handle = _Handle([lambda jobs: [j.n for j in jobs]] * 8, gate)
+
+    async def main():
+        runner = gm_serve._RemoteRunner(handle, _cfg(calls_in_flight=in_flight, max_batch=64))
+        tasks = [asyncio.ensure_future(runner.run("m@1", _embed_job(torch.ones(1, 1, 2, 2))))]
+        await asyncio.sleep(0.01)
+        tasks += [
+            asyncio.ensure_future(runner.run("m@1", _embed_job(torch.ones(n, 1, 2, 2))))
+            for n in range(2, 8)
+        ]
+        await asyncio.sleep(0.01)
+        gate.set()
+        return await asyncio.gather(*tasks)
+
+    assert asyncio.run(main()) == list(range(1, 8))
+    sizes = [[j.n for j in jobs] for jobs in handle.calls]
+    if in_flight == 1:
+        assert sizes == [[1], [2, 3, 4, 5, 6, 7]]
+    else:
+        assert sizes == [[1], [2], [3, 4, 5, 6, 7]]
+
+
+def test_a_call_whose_requests_all_left_is_cancelled():
+    """3 requests; their clients leave while the calls are out: the calls are cancelled in
+    the replica (control: the mutation that never cancels fails this)."""
+    gate = asyncio.Event()
+    handle = _Handle([lambda jobs: [0] * len(jobs)] * 2, gate)
+
+    async def main():
+        runner = gm_serve._RemoteRunner(handle, _cfg())
+        tasks = [
+            asyncio.ensure_future(runner.run("m@1", _embed_job(torch.ones(1, 1, 2, 2))))
+            for _ in range(3)
+        ]
+        await asyncio.sleep(0.01)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    # two calls went out (calls_in_flight 2); both are cancelled; the third never left
+    assert [r.cancelled for r in handle.responses] == [True, True]
