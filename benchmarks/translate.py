@@ -17,7 +17,7 @@ validation or test; the validation figures are reported only):
 
 Schedule, fixed for every run (the papers' shape, never tuned on a score): the family's default
 config (Adam 1e-3, beta1 0.5; pix2pix 100 x the Bernoulli log-loss + adversarial; CycleGAN 10
-cycle + 5 identity (log-loss) + adversarial; see the families' docstrings for why not the
+x the cycle log-loss + adversarial, no identity term (``identity_weight`` 0); see the families' docstrings for why not the
 papers' L1 and 2e-4) but U-Nets of width ``--channels`` 16 (the default 32 costs 2-3x the CPU per step,
 and both transforms are local: a 3x3 neighbourhood decides each output pixel), batches of ``--batch`` (64) drawn with replacement, the learning rate constant for
 the first half of the CPU budget and linear to 0 over the second half (as both papers' code).

@@ -64,10 +64,24 @@ class CycleGANConfig(BaseConfig):
     cycle_weight: float = 10.0
     identity_weight: float = 0.0  # the paper's 0.5 x cycle_weight hurts here: see the docstring
     adv_weight: float = 1.0
+    history: int = 0  # fakes kept per domain for D (the paper's 50); 0 = D sees this step's only
+    gan_loss: str = "bce"  # "bce" (the GAN log-loss) or "lsgan" (least squares, the paper's)
     beta1: float = 0.5
     lr: float = 1e-3  # not the paper's 2e-4: see the module docstring
     domain_a: str = "a"
     domain_b: str = "b"
+
+
+GAN_LOSSES = ("bce", "lsgan")
+
+
+def gan_term(logits: Tensor, real: bool, kind: str) -> Tensor:
+    """The adversarial term of patch ``logits`` against all-real or all-fake: ``"bce"``, the
+    log-loss (``genmodels.pix2pix.adversarial``), or ``"lsgan"``, the mean of (logit - 1)^2 or
+    logit^2 (Mao et al. 2017; the CycleGAN paper's choice)."""
+    if kind == "bce":
+        return adversarial(logits, real)
+    return ((logits - 1.0) ** 2 if real else logits**2).mean()
 
 
 def cycle_loss(
@@ -99,15 +113,21 @@ class CycleGAN(GenerativeModel):
     def __init__(self, input_shape: tuple[int, ...], levels: int, config: CycleGANConfig) -> None:
         super().__init__(input_shape, levels, config)
         check_translator_config(self.family, self.input_shape, config)
-        for key in ("cycle_weight", "identity_weight"):
+        for key in ("cycle_weight", "identity_weight", "history"):
             if getattr(config, key) < 0:
                 raise ValueError(f"cyclegan: {key} must be >= 0, got {getattr(config, key)}")
+        if config.gan_loss not in GAN_LOSSES:
+            raise ValueError(
+                f"cyclegan: gan_loss must be one of {', '.join(GAN_LOSSES)}, got {config.gan_loss!r}"
+            )
         c = self.input_shape[0]
         self.g_ab = UNet(c, c, config.channels, config.depth)
         self.g_ba = UNet(c, c, config.channels, config.depth)
         self.d_a = PatchDiscriminator(c, config.disc_channels)
         self.d_b = PatchDiscriminator(c, config.disc_channels)
         gan_init(self)
+        # past fakes shown to D (not weights: not in the state dict), one pool per domain
+        self._pools: dict[str, Tensor] = {}
 
     def phase_parameters(self, phase: str) -> Iterator[nn.Parameter]:
         if phase == "discriminator":
@@ -130,28 +150,55 @@ class CycleGAN(GenerativeModel):
     def forward(self, batch: Mapping[str, Tensor], phase: str = "main") -> dict[str, Tensor]:
         a, b = pair(self.family, batch)
         cfg = self.config
+        gl = cfg.gan_loss
         if phase == "discriminator":
             with torch.no_grad():
-                fake_b = torch.bernoulli(self.to_b(a))
-                fake_a = torch.bernoulli(self.to_a(b))
+                fake_b = self._from_pool("b", torch.bernoulli(self.to_b(a)))
+                fake_a = self._from_pool("a", torch.bernoulli(self.to_a(b)))
             loss = (
-                adversarial(self.d_b(b), True)
-                + adversarial(self.d_b(fake_b), False)
-                + adversarial(self.d_a(a), True)
-                + adversarial(self.d_a(fake_a), False)
+                gan_term(self.d_b(b), True, gl)
+                + gan_term(self.d_b(fake_b), False, gl)
+                + gan_term(self.d_a(a), True, gl)
+                + gan_term(self.d_a(fake_a), False, gl)
             )
             return {"loss": loss, "d_loss": loss.detach()}
         if phase == "generator":
             pb, pa = self.to_b(a), self.to_a(b)
-            adv = adversarial(self.d_b(straight_through_bernoulli(pb)), True) + adversarial(
-                self.d_a(straight_through_bernoulli(pa)), True
+            adv = gan_term(self.d_b(straight_through_bernoulli(pb)), True, gl) + gan_term(
+                self.d_a(straight_through_bernoulli(pa)), True, gl
             )
             r = cfg.recon
             cyc = reconstruction(self.g_ba(pb), a, r) + reconstruction(self.g_ab(pa), b, r)
-            idt = reconstruction(self.g_ab(b), b, r) + reconstruction(self.g_ba(a), a, r)
-            loss = cfg.adv_weight * adv + cfg.cycle_weight * cyc + cfg.identity_weight * idt
-            return {"loss": loss, "g_adv": adv.detach(), "cycle": cyc.detach(), "idt": idt.detach()}
+            loss = cfg.adv_weight * adv + cfg.cycle_weight * cyc
+            out = {"g_adv": adv.detach(), "cycle": cyc.detach()}
+            if cfg.identity_weight > 0:  # two more U-Net passes each way: only when weighted
+                idt = reconstruction(self.g_ab(b), b, r) + reconstruction(self.g_ba(a), a, r)
+                loss = loss + cfg.identity_weight * idt
+                out["idt"] = idt.detach()
+            return {"loss": loss, **out}
         raise ValueError(f"cyclegan: unknown phase {phase!r}")
+
+    def _from_pool(self, domain: str, fakes: Tensor) -> Tensor:
+        """The paper's image pool: with ``history`` > 0, each fake is, with probability 1/2,
+        swapped for a stored one (which the new fake replaces); the pool first fills with the
+        fakes it is shown. D then sees fakes from past generators too and cannot win by tracking
+        only the current one."""
+        size = self.config.history
+        if size == 0:
+            return fakes
+        pool = self._pools.get(domain)
+        if pool is None or pool.shape[1:] != fakes.shape[1:]:
+            pool = fakes[:0]
+        out = fakes.clone()
+        for i in range(len(fakes)):
+            if len(pool) < size:
+                pool = torch.cat([pool, fakes[i : i + 1]])
+            elif torch.rand(()) < 0.5:
+                j = int(torch.randint(size, ()))
+                out[i] = pool[j]
+                pool[j] = fakes[i]
+        self._pools[domain] = pool
+        return out
 
     def translate(
         self, x: Tensor, direction: str = "a2b", generator: torch.Generator | None = None
