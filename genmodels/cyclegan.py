@@ -25,7 +25,7 @@ goes through the first generator's probabilities (not a draw), so its gradient i
 (``cycle_draws=True``: through the straight-through draws D sees instead).
 
 Options of the paper, off by default: ``history`` (its pool of 50 past fakes shown to D),
-``gan_loss="lsgan"`` (its least-squares GAN loss; not measured here).
+``gan_loss="lsgan"`` (its least-squares GAN loss).
 
 Digit <-> edge (edge = dilate(x) - x, ``benchmarks/translate.py``) is NOT learned, and no option
 here changed that. The cycle has a second, shifted solution: G = the *inner* contour
@@ -35,10 +35,10 @@ the edge again, up to closing(x) != x (IoU 0.94 on the test digits): the cycles 
 differs from the true pair by one pixel of morphology, which a discriminator can only see
 through the spread of stroke widths (the inner contour of a thick digit is the outer contour
 of a thinner one). Training falls into it within ~100 steps and stays: on the validation
-split, the IoU of G(x) with the inner contour is 0.50-0.73 and with the true edge <= 0.10, and
-F(e) matches dilate(x) (IoU 0.51-0.69) rather than x (0.19-0.25), at width 16, 200-450 steps,
-at depth 1, for cycle weight 10, 2 or 0.5, a 50-fake history, D twice as wide, or the cycle
-through draws (README.md, translation, lists each probe). At the defaults (depth 2) 600 CPU-s
+split, the IoU of G(x) with the inner contour is 0.50-0.76 and with the true edge <= 0.10, and
+F(e) matches dilate(x) (IoU 0.51-0.69) rather than x (0.18-0.25), at width 16, 200-450 steps,
+at depth 1, for cycle weight 10, 2 or 0.5, a 50-fake history, D twice as wide, the cycle
+through draws, or the least-squares loss (README.md, translation, lists each probe). At the defaults (depth 2) 600 CPU-s
 (420 steps) gave test IoU 0.041 and edge -> digit label kept 42.8 %; 1,200 CPU-s (1,219
 steps) 0.052 and 33.8 %, G having collapsed to stripes. Hence the options stay off.
 
