@@ -47,3 +47,39 @@ def test_directions():
     assert len(list(model.phase_parameters("discriminator"))) == 2 * len(
         list(model.d_a.parameters())
     )
+
+
+def test_the_identity_term_is_computed_only_when_weighted():
+    """identity_weight 0 (the default) skips the two extra U-Net passes: no ``idt`` reported."""
+    batch = {"x": _images(0), "x_target": _images(1)}
+    off = genmodels.build("cyclegan", (1, 6, 6), channels=4, depth=1, disc_channels=4)
+    on = genmodels.build(
+        "cyclegan", (1, 6, 6), channels=4, depth=1, disc_channels=4, identity_weight=1.0
+    )
+    assert "idt" not in off(batch, phase="generator")
+    assert on(batch, phase="generator")["idt"].item() > 0
+
+
+def test_history_pool_fills_then_mixes_past_fakes():
+    model = genmodels.build("cyclegan", (1, 6, 6), channels=4, depth=1, disc_channels=4, history=5)
+    first = torch.ones(3, 1, 6, 6)
+    assert torch.equal(model._from_pool("b", first), first)  # filling: the fakes pass through
+    second = torch.zeros(3, 1, 6, 6)
+    torch.manual_seed(0)
+    outs = [model._from_pool("b", second) for _ in range(4)]
+    assert len(model._pools["b"]) == 5  # full, never larger
+    assert any(o.sum() > 0 for o in outs)  # some stored ones (all ones) shown instead
+    batch = {"x": _images(0), "x_target": _images(1)}
+    assert torch.isfinite(model(batch, phase="discriminator")["loss"])
+    with pytest.raises(ValueError, match="history must be >= 0"):
+        genmodels.build("cyclegan", (1, 6, 6), channels=4, depth=1, history=-1)
+
+
+def test_lsgan_term():
+    from genmodels.cyclegan import gan_term
+
+    logits = torch.tensor([0.0, 1.0, 2.0])
+    assert gan_term(logits, True, "lsgan").item() == pytest.approx((1 + 0 + 1) / 3)
+    assert gan_term(logits, False, "lsgan").item() == pytest.approx((0 + 1 + 4) / 3)
+    with pytest.raises(ValueError, match="gan_loss must be one of bce, lsgan"):
+        genmodels.build("cyclegan", (1, 6, 6), channels=4, depth=1, gan_loss="wgan")
