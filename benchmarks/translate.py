@@ -327,9 +327,9 @@ def picture(runs: dict, base: dict, path: Path) -> None:
         for key in (f"digit→{t}", f"{t}→digit"):
             rows = [base[t][key]["source"]]
             for fam in ("pix2pix", "cyclegan"):
-                got = [
+                got = [  # the run of the stated budget first (``<run>.json``, not ``<run>-N``)
                     r["directions"][key]["shown"]
-                    for r in runs.values()
+                    for _, r in sorted(runs.items(), key=lambda kv: len(kv[0]))
                     if r["family"] == fam and r["transform"] == t and key in r["directions"]
                 ]
                 rows.append(got[0] if got else np.zeros_like(base[t][key]["source"]).tolist())
