@@ -44,6 +44,11 @@ without a successful answer, and per fault:
 * (c) registry outage: 3 s into the load another sqlite connection takes an exclusive
   transaction on the registry's file and holds it ``--lock-s`` (40) seconds; the clients use the
   alias already resolved (``champion``); ``/readyz`` is read half-way;
+* (e) hostile burst (1 replica): 16 clients at once, each sends a valid body just under the
+  4 MiB limit (a wrong shape: 422 after a full parse), one declaring 784 MB, one chunked past
+  the limit, and 5,000 levels of nesting; the ingress replicas' private resident memory
+  (``RssAnon``) before, at the peak (sampled every 50 ms) and 10 s after (``VmRSS`` too), and
+  the status codes (none may be a 5xx);
 * (d) abandoned requests (1 replica): 16 slow ``sample`` requests (the MADE, ``--slow-n``
   samples: 784 sequential steps, ~1.5-2 CPU-s each) sent at once, whose clients disconnect
   0.5 s after sending (a read timeout; connecting and sending may take up to 10 s); then one-row
@@ -89,6 +94,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fastapi import Request  # module level: the echo routes' annotations resolve here
 from pydantic import BaseModel, Field
 
 ROOT = Path(__file__).resolve().parent
@@ -198,48 +204,11 @@ class BareSample(BaseModel):
     version: int | None = None
 
 
-def echo_apps() -> tuple[Any, Any]:
-    """Serve's floor, for the breakdown cells: ``echo`` (the proxy and one FastAPI replica that
-    reads the body and answers ``{"ok": true}``) and ``echo-hop`` (the same, plus one handle
-    call to a second deployment that returns True: the hop our ingress makes to a model
-    replica). Replicas reserve no CPU, as the ingress."""
-    from fastapi import FastAPI, Request
-    from ray import serve
-
-    single, hop = FastAPI(), FastAPI()
-
-    @serve.deployment(ray_actor_options={"num_cpus": 0})
-    @serve.ingress(single)
-    class Echo:
-        @single.post("/")
-        async def echo(self, request: Request) -> dict:
-            await request.body()
-            return {"ok": True}
-
-    @serve.deployment(ray_actor_options={"num_cpus": 0})
-    class Leaf:
-        async def __call__(self, size: int) -> bool:
-            return True
-
-    @serve.deployment(ray_actor_options={"num_cpus": 0})
-    @serve.ingress(hop)
-    class EchoHop:
-        def __init__(self, leaf: Any) -> None:
-            self.leaf = leaf
-
-        @hop.post("/")
-        async def echo(self, request: Request) -> dict:
-            body = await request.body()
-            return {"ok": await self.leaf.remote(len(body))}
-
-    return Echo.bind(), EchoHop.bind(Leaf.bind())
-
-
 def make_bare_app(uri: str, names: list[str]):
     """The bare server: FastAPI, the registered champions loaded once at start-up, each model
     call in FastAPI's thread pool (``def`` endpoints), no batching, no lock."""
     import torch
-    from fastapi import FastAPI, HTTPException, Request
+    from fastapi import FastAPI, HTTPException
 
     from pipelines import registry
 
@@ -630,14 +599,16 @@ class Bench:
         return took
 
     def deploy_echo(self) -> None:
-        """The breakdown's two floor apps at ``/echo`` and ``/echo-hop`` (``echo_apps``)."""
+        """The breakdown's two floor apps at ``/echo`` and ``/echo-hop``
+        (``benchmarks/serve_echo.py``)."""
         from ray import serve
 
+        from benchmarks import serve_echo
         from pipelines import runtime
 
         def run() -> None:
             for (name, prefix), app in zip(
-                (("echo", "/echo"), ("echo-hop", "/echo-hop")), echo_apps()
+                (("echo", "/echo"), ("echo-hop", "/echo-hop")), serve_echo.apps()
             ):
                 serve.run(
                     app, name=name, route_prefix=prefix, logging_config={"enable_access_log": False}
@@ -771,8 +742,9 @@ class Bench:
             {"endpoint": e, "clients": c, "targets": self.targets(e)}
             for e in ("score", "sample n=1", "sample n=64")
             for c in a.clients
+            if a.only != "breakdown"
         ]
-        if a.breakdown:
+        if a.breakdown or a.only == "breakdown":
             # Where the time goes: Serve's floor (proxy + one replica; + one handle hop) with
             # the score cells' bodies, and unseeded n=1 samples (which our app pools; seeded
             # ones run alone, so the cells above cannot pool them).
@@ -972,6 +944,104 @@ class Bench:
 
         return self.fault_load(inject)
 
+    def fault_hostile(self) -> dict[str, Any]:
+        """(e) A hostile burst against the ingress: 16 clients at once, each sending 4 bodies:
+        a body just under the limit (valid JSON, a wrong shape: 422 after a full parse), a body
+        that declares 784 MB (413 before a byte is read), a chunked body past the limit (413 as
+        it passes), and 5,000 levels of nesting (4xx). The ingress replicas' resident memory
+        (``VmRSS``, sampled every 50 ms) before, at the peak, and 10 s after; the status codes."""
+        import httpx
+
+        pids = [r.pid for r in self.replicas("GenModelsServer")]
+        path = self.url + f"/v1/models/{SCORE_MODEL}/score"
+        limit = 4 * 2**20  # ServeConfig.max_body_bytes default
+        row = "[" + ",".join(["1"] * 784) + "]"
+        rows = (limit - 100) // (len(row) + 1)
+        near = ('{"x": [' + ",".join([row] * (rows - 1)) + "]}").encode()
+        deep = ("[" * 5000 + "]" * 5000).encode()
+
+        def chunks():
+            block = b" " * 2**20
+            yield b'{"x": '
+            for _ in range(8):
+                yield block
+
+        def rss(field: str = "RssAnon") -> int:
+            """The replicas' private resident memory (``RssAnon``: ``VmRSS`` also counts the
+            pages of Ray's shared object store a replica has touched, which large bodies pass
+            through) or another ``/proc/PID/status`` field, in bytes."""
+            total = 0
+            for pid in pids:
+                try:
+                    text = Path(f"/proc/{pid}/status").read_text()
+                except OSError:
+                    continue
+                total += next(
+                    int(ln.split()[1]) for ln in text.splitlines() if ln.startswith(field + ":")
+                )
+            return total * 1024
+
+        samples: list[tuple[float, int]] = []
+        stop = threading.Event()
+
+        def sampler() -> None:
+            while not stop.is_set():
+                samples.append((time.monotonic(), rss()))
+                time.sleep(0.05)
+
+        codes: collections.Counter = collections.Counter()
+
+        def client() -> None:
+            with httpx.Client(timeout=120, headers=JSON_HEADERS) as http:
+                for kind, send in (
+                    ("near-limit", lambda: http.post(path, content=near)),
+                    (
+                        "declares 784 MB",
+                        lambda: http.post(
+                            path, content=b"{}", headers={"Content-Length": str(784 * 2**20)}
+                        ),
+                    ),
+                    ("chunked past limit", lambda: http.post(path, content=chunks())),
+                    ("5,000 levels", lambda: http.post(path, content=b'{"x": ' + deep + b"}")),
+                ):
+                    try:
+                        codes[f"{kind}: {send().status_code}"] += 1
+                    except Exception as e:  # the server may cut a refused body short
+                        codes[f"{kind}: {type(e).__name__}"] += 1
+
+        time.sleep(2.0)
+        base = statistics.median(rss() for _ in range(5))
+        vm_base = rss("VmRSS")
+        watcher = threading.Thread(target=sampler, daemon=True)
+        watcher.start()
+        t0 = time.monotonic()
+        threads = [threading.Thread(target=client) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        burst_s = time.monotonic() - t0
+        time.sleep(10.0)
+        stop.set()
+        watcher.join(5)
+        after = statistics.median(rss() for _ in range(5))
+        vm_after = rss("VmRSS")
+        peak = max(v for _, v in samples) if samples else None
+        mib = 2**20
+        return {
+            "ingress_replicas": len(pids),
+            "clients": 16,
+            "near_limit_body_mb": round(len(near) / 1e6, 2),
+            "codes": dict(sorted(codes.items())),
+            "burst_s": round(burst_s, 1),
+            "rss_base_mib": round(base / mib, 1),
+            "rss_peak_mib": round(peak / mib, 1) if peak else None,
+            "rss_after_10s_mib": round(after / mib, 1),
+            "after_vs_base": round(after / base, 3) if base else None,
+            "vmrss_base_mib": round(vm_base / mib, 1),
+            "vmrss_after_10s_mib": round(vm_after / mib, 1),
+        }
+
     def fault_abandon(self) -> dict[str, Any]:
         """16 slow samples abandoned after 0.5 s; then probes until the replica is quick."""
         import httpx
@@ -1104,6 +1174,10 @@ class Bench:
             print("[faults] (d) abandoned requests", flush=True)
             out["abandon"] = self.fault_abandon()
             _show(out["abandon"])
+        if "e" in a.faults:
+            print("[faults] (e) hostile burst: memory of the ingress", flush=True)
+            out["hostile"] = self.fault_hostile()
+            _show(out["hostile"])
         if not set(a.faults) & set("abc"):
             return out
         self.deploy(2)
@@ -1345,6 +1419,18 @@ def write_md(result: dict[str, Any], path: Path) -> None:
                 f"({r['first_probe_code']}) right after, quick again "
                 f"{_f(r['quick_again_after_s'], 1)} s after the clients left |"
             )
+        if "hostile" in f:
+            r = f["hostile"]
+            lines.append(
+                f"| (e) hostile burst: {r['clients']} clients x 4 bodies (a "
+                f"{r['near_limit_body_mb']:g} MB body under the limit, 784 MB declared, chunked "
+                f"past the limit, 5,000 levels of nesting) | {4 * r['clients']} | "
+                f"{sum(n for k, n in r['codes'].items() if k.endswith(': 500'))} (5xx) | "
+                f"{json.dumps(r['codes'])} | - | ingress private memory (RssAnon) {r['rss_base_mib']:g} MiB before, "
+                f"{r['rss_peak_mib']} MiB at the peak, {r['rss_after_10s_mib']:g} MiB 10 s after "
+                f"(x{r['after_vs_base']:g}; VmRSS {r['vmrss_base_mib']:g} -> "
+                f"{r['vmrss_after_10s_mib']:g} MiB); burst {r['burst_s']:g} s |"
+            )
         lines.append("")
     lines += [f"Full run: {result['wall_s']:.0f} s wall. Method: `benchmarks/serve_load.py`."]
     path.write_text("\n".join(lines) + "\n")
@@ -1354,12 +1440,16 @@ def write_md(result: dict[str, Any], path: Path) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="short cells and faults (smoke run)")
-    p.add_argument("--only", choices=("load", "faults"), help="one table only")
+    p.add_argument(
+        "--only",
+        choices=("load", "faults", "breakdown"),
+        help="one table only (breakdown: only the breakdown cells of the load table)",
+    )
     p.add_argument("--tag", default="", help="results file suffix: serve_load-TAG.{json,md}")
     p.add_argument("--kill-deployment", help="deployment whose replica (a) kills (default: "
                    "ModelWorker when it runs, else GenModelsServer)")  # fmt: skip
     p.add_argument("--kill-method", choices=("sigkill", "ray"), default="sigkill")
-    p.add_argument("--faults", default="abcd", help="which faults (letters of a, b, c, d)")
+    p.add_argument("--faults", default="abcde", help="which faults (letters of a, b, c, d, e)")
     p.add_argument("--repeats", type=int, default=2, help="bare/ours pairs per cell")
     p.add_argument("--duration", type=float, default=8.0, help="measured seconds per run")
     p.add_argument("--warmup", type=float, default=1.5, help="unrecorded seconds per run")
@@ -1461,7 +1551,7 @@ def main(argv: list[str] | None = None) -> int:
                 "bare_threads": threads,
                 "client_timeout_s": CLIENT_TIMEOUT_S,
             }
-        if args.only != "load":
+        if args.only not in ("load", "breakdown"):
             result["faults"] = bench.faults()
     except KeyboardInterrupt:
         print("interrupted: cleaning up", file=sys.stderr)
