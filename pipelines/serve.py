@@ -32,7 +32,9 @@ Design:
   lookups; light, no model) and ``ModelWorker`` (``num_replicas`` replicas holding the models).
   The ingress calls a worker through a Serve handle and retries the call when that replica dies
   or is unavailable (``call_retries``, inside the request deadline): Serve itself does not retry
-  a request in flight, so with one deployment a killed replica failed its requests.
+  a request in flight, so with one deployment a killed replica failed its requests. Requests
+  that queue at the ingress while its calls are out go as one handle call (at most
+  ``calls_in_flight`` per version): a handle call costs more CPU than a small model call.
 * A request names a model (``<family>-<dataset>``) and an alias or version. The alias is resolved
   to a version through the registry (on its own threads, under ``registry_timeout_s``; cached
   ``alias_ttl_s`` seconds, then served stale while one background call revalidates it, for up to
