@@ -687,7 +687,7 @@ class ModelRunner:
     async def _execute(self, batch: list[_Entry]) -> None:
         first = batch[0].job
         if first.method != "sample" or first.seed is not None:
-            await self._call(batch, [(e, 0, e.job.n) for e in batch])
+            await self._call([(e, 0, e.job.n) for e in batch])
             return
         # Unseeded samples: calls of at most sample_chunk rows, so that a cancelled request's
         # rows are not drawn. (A seeded one runs whole, as in Python.)
@@ -697,18 +697,17 @@ class ModelRunner:
                 pieces.append((e, a, min(e.job.n, a + self.cfg.sample_chunk)))
         done: dict[int, list[torch.Tensor]] = {id(e): [] for e in batch}
         call: list[tuple[_Entry, int, int]] = []
-        for i, piece in enumerate(pieces):
-            call.append(piece)
-            last = i == len(pieces) - 1
-            if last or sum(b - a for _, a, b in call) + pieces[i + 1][2] - pieces[i + 1][1] > (
-                self.cfg.sample_chunk
-            ):
-                await self._call(batch, call, done)
-                call = []
+        rows = 0
+        for e, a, b in pieces:
+            if call and rows + b - a > self.cfg.sample_chunk:
+                await self._call(call, done)
+                call, rows = [], 0
+            call.append((e, a, b))
+            rows += b - a
+        await self._call(call, done)
 
     async def _call(
         self,
-        batch: list[_Entry],
         pieces: list[tuple[_Entry, int, int]],
         done: dict[int, list[torch.Tensor]] | None = None,
     ) -> None:
@@ -866,11 +865,9 @@ class _RemoteRunner:
                 return
             batch = [q.pop(0)]
             rows = batch[0][0].n
-            while q and rows + q[0][0].n <= self.cfg.max_batch:
-                job, future = q.pop(0)
-                if not future.done():
-                    batch.append((job, future))
-                    rows += job.n
+            while q and rows + q[0][0].n <= self.cfg.max_batch:  # q holds live jobs only
+                batch.append(q.pop(0))
+                rows += batch[-1][0].n
             self._inflight[key] = self._inflight.get(key, 0) + 1
             task = asyncio.ensure_future(self._send(key, batch))
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
@@ -881,8 +878,6 @@ class _RemoteRunner:
             outs = await self._call("run_many", key, ([j for j, _ in batch],), futures)
             if outs is None:
                 return  # every request gave up
-            if isinstance(outs, _Failure):
-                outs = [outs] * len(batch)
             for future, out in zip(futures, outs):
                 if future.done():
                     continue
