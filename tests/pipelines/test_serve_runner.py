@@ -86,69 +86,58 @@ def test_a_lone_request_runs_at_once():
     assert took_waiting >= 0.3  # the control: a configured wait is paid by a lone request
 
 
-def test_requests_queued_behind_a_call_are_pooled_into_one_and_split_back():
-    """While the first call is held, 6 more jobs queue; they run as ONE call of all their
-    rows (up to max_batch) and each gets its own rows back."""
+def _behind_a_held_call(first, jobs, cancel: bool = False, **settings):
+    """Run ``first`` on a model whose calls are held, queue ``jobs`` behind it (their requests
+    cancelled if ``cancel``), then release the model: (the model, the jobs' results or
+    exceptions)."""
     gate = threading.Event()
     model = FakeModel(gate)
 
     async def main():
-        runner = _runner(model, max_batch=64)
-        first = asyncio.ensure_future(runner.run("m@1", _embed_job(torch.zeros(1, 1, 2, 2))))
+        runner = _runner(model, **settings)
+        held = asyncio.ensure_future(runner.run("m@1", first))
         await _until(lambda: model.calls)
-        xs = [torch.full((1 + i % 3, 1, 2, 2), float(i)) for i in range(6)]
-        rest = [asyncio.ensure_future(runner.run("m@1", _embed_job(x))) for x in xs]
+        rest = [asyncio.ensure_future(runner.run("m@1", job)) for job in jobs]
         await asyncio.sleep(0.05)
+        if cancel:
+            for t in rest:
+                t.cancel()
         gate.set()
-        return await first, await asyncio.gather(*rest), xs
+        await held
+        outs = await asyncio.gather(*rest, return_exceptions=True)
+        await asyncio.sleep(0.05)
+        return outs
 
-    _, outs, xs = asyncio.run(main())
+    return model, asyncio.run(main())
+
+
+def test_requests_queued_behind_a_call_are_pooled_into_one_and_split_back():
+    """While the first call is held, 6 more jobs queue; they run as ONE call of all their
+    rows (up to max_batch) and each gets its own rows back."""
+    xs = [torch.full((1 + i % 3, 1, 2, 2), float(i)) for i in range(6)]
+    first = _embed_job(torch.zeros(1, 1, 2, 2))
+    model, outs = _behind_a_held_call(first, [_embed_job(x) for x in xs], max_batch=64)
     assert model.calls == [("embed", 1), ("embed", sum(len(x) for x in xs))]
     for x, out in zip(xs, outs):
         assert out.tolist() == x.flatten(1).sum(1, keepdim=True).tolist()
 
 
 def test_max_batch_bounds_a_pooled_call():
-    gate = threading.Event()
-    model = FakeModel(gate)
-
-    async def main():
-        runner = _runner(model, max_batch=4)
-        first = asyncio.ensure_future(runner.run("m@1", _embed_job(torch.zeros(1, 1, 2, 2))))
-        await _until(lambda: model.calls)
-        rest = [
-            asyncio.ensure_future(runner.run("m@1", _embed_job(torch.zeros(3, 1, 2, 2))))
-            for _ in range(3)
-        ]
-        await asyncio.sleep(0.05)
-        gate.set()
-        await asyncio.gather(first, *rest)
-
-    asyncio.run(main())
+    first = _embed_job(torch.zeros(1, 1, 2, 2))
+    jobs = [_embed_job(torch.zeros(3, 1, 2, 2)) for _ in range(3)]
+    model, _ = _behind_a_held_call(first, jobs, max_batch=4)
     assert [rows for _, rows in model.calls] == [1, 3, 3, 3]
 
 
 def test_unseeded_samples_pool_by_condition_and_a_seeded_one_runs_alone():
-    gate = threading.Event()
-    model = FakeModel(gate)
-
-    async def main():
-        runner = _runner(model, max_batch=64)
-        first = asyncio.ensure_future(runner.run("m@1", _sample_job(1)))
-        await _until(lambda: model.calls)
-        jobs = [
-            _sample_job(2, labels=[3, 4]),
-            _sample_job(1, labels=[7]),
-            _sample_job(3, seed=5),
-            _sample_job(2),
-            _sample_job(1),
-        ]
-        rest = [asyncio.ensure_future(runner.run("m@1", j)) for j in jobs]
-        await asyncio.sleep(0.05)
-        gate.set()
-        return await first, await asyncio.gather(*rest)
-
-    _, outs = asyncio.run(main())
+    jobs = [
+        _sample_job(2, labels=[3, 4]),
+        _sample_job(1, labels=[7]),
+        _sample_job(3, seed=5),
+        _sample_job(2),
+        _sample_job(1),
+    ]
+    model, outs = _behind_a_held_call(_sample_job(1), jobs, max_batch=64)
     # First the held call; then the labelled pool (3 rows), the seeded job alone, the plain pool.
     assert model.calls == [("sample", 1), ("sample", 3), ("sample", 3), ("sample", 3)]
     assert outs[0][:, 0, 0, 0].tolist() == [3.0, 4.0] and outs[1][:, 0, 0, 0].tolist() == [7.0]
@@ -159,24 +148,8 @@ def test_unseeded_samples_pool_by_condition_and_a_seeded_one_runs_alone():
 def test_a_cancelled_request_is_dropped_before_it_runs(cancel):
     """16 requests queue behind a held call; their clients leave (cancelled): none of them runs
     (the control, not cancelled: all 16 run)."""
-    gate = threading.Event()
-    model = FakeModel(gate)
-
-    async def main():
-        runner = _runner(model)
-        first = asyncio.ensure_future(runner.run("m@1", _sample_job(1, seed=0)))
-        await _until(lambda: model.calls)
-        rest = [asyncio.ensure_future(runner.run("m@1", _sample_job(1, seed=i))) for i in range(16)]
-        await asyncio.sleep(0.05)
-        if cancel:
-            for t in rest:
-                t.cancel()
-        gate.set()
-        await first
-        await asyncio.gather(*rest, return_exceptions=True)
-        await asyncio.sleep(0.05)
-
-    asyncio.run(main())
+    jobs = [_sample_job(1, seed=i) for i in range(16)]
+    model, _ = _behind_a_held_call(_sample_job(1, seed=0), jobs, cancel=cancel)
     assert len(model.calls) == (1 if cancel else 17), model.calls
 
 
