@@ -333,7 +333,9 @@ def test_concurrent_scores_are_batched_correctly(client, store):
 
 def test_killing_a_model_replica_under_load_fails_no_request(client, store):
     """Issue 18: two model replicas, 6 clients scoring without pause; the replica that holds
-    the model is killed: every request still succeeds (the ingress retries the calls the dead
+    the model is killed while a call is in it (its model calls are held from just before the
+    kill, so the kill always finds one: with calls pooled at the ingress, a bare kill could land
+    between calls): every request still succeeds (the ingress retries the calls the dead
     replica had; Serve alone answered them with 500s). Control: ``call_retries=0`` fails some."""
     import ray
     from ray.util.state import list_actors
@@ -342,6 +344,24 @@ def test_killing_a_model_replica_under_load_fails_no_request(client, store):
         from pipelines import serve as s
 
         return sum(len(runner.served()) for runner in s.RUNNERS)
+
+    def hold(replica) -> None:  # runs in the victim: from now on its model calls never return
+        import threading
+
+        from pipelines import serve as s
+
+        s._held_calls = []
+
+        def call(self, method, *args, **kwargs):
+            s._held_calls.append(method)
+            threading.Event().wait(120)
+
+        s._Loaded.call = call
+
+    def holding(replica) -> int:
+        from pipelines import serve as s
+
+        return len(s._held_calls)
 
     def replicas(app):
         cls = f"ServeReplica:{app}:ModelWorker"
@@ -380,6 +400,11 @@ def test_killing_a_model_replica_under_load_fails_no_request(client, store):
                 futures = [pool.submit(clientloop) for _ in range(6)]
                 time.sleep(2.0)
                 sent_before = len(codes)
+                ray.get(victim.__ray_call__.remote(hold), timeout=60)
+                deadline = time.monotonic() + 30
+                while not ray.get(victim.__ray_call__.remote(holding), timeout=60):
+                    assert time.monotonic() < deadline, "no call reached the victim"
+                    time.sleep(0.05)
                 ray.kill(victim, no_restart=True)
                 for f in futures:
                     f.result()
