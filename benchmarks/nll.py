@@ -167,8 +167,10 @@ def run_entry(
     raise_chains: int | None = None,
     raise_betas: int | None = None,
     val_every: int = 1,
+    tag: str | None = None,
 ) -> dict:
     family, _, config = ENTRIES[entry]
+    name = f"{entry}-{tag}" if tag else entry  # a tagged run keeps its own weights and grid
     model, facts = train_entry(
         entry, data, yardstick, budget_s, batch_size, device, seed, val_every
     )
@@ -177,15 +179,16 @@ def run_entry(
     best = (facts["val_score"], None, facts["best_epoch"])
     t_test = time.monotonic()
     settled = model.prepare_scoring(torch.Generator().manual_seed(seed + 4343), final=True)
-    save_weights(model, entry)
+    save_weights(model, name)
     test = score(model, x_test, device, seed + 1) if has_likelihood else None
     test_seconds = round(time.monotonic() - t_test, 1)
     bounds = sandwich(model, x_test, device, seed + 2, raise_chains, raise_betas)
     quality = yardstick.evaluate(model, "test", seed=seed + 1)[0]
-    grid = sample_grid(model, entry, device, seed)
+    grid = sample_grid(model, name, device, seed)
     speedup = sampling_speedup(model, seed) if family == "pixelcnn" else None
     row = {
         "entry": entry,
+        "tag": tag,
         "family": family,
         "likelihood": model.likelihood,
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
@@ -319,7 +322,8 @@ def load_rows() -> dict[str, dict]:
 
 def save_row(row: dict) -> None:
     ROWS.mkdir(parents=True, exist_ok=True)
-    (ROWS / f"{row['entry']}.json").write_text(json.dumps(row, indent=2, sort_keys=True))
+    name = f"{row['entry']}@{row['tag']}" if row.get("tag") else row["entry"]
+    (ROWS / f"{name}.json").write_text(json.dumps(row, indent=2, sort_keys=True))
 
 
 def write_tables(rows: dict[str, dict]) -> None:
@@ -330,10 +334,8 @@ def write_tables(rows: dict[str, dict]) -> None:
         "coverage | best epoch / epochs | train CPU s | published (full MNIST) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for entry in ENTRIES:
-        if entry not in rows:
-            continue
-        r = rows[entry]
+    for key in table_keys(rows):
+        r, entry = rows[key], key.replace("@", " @")
         if "test_nats" in r:
             stderr = "—" if r["method"] == "exact" else f"{r['test_stderr']:.3f}"
             lik = f"{r['test_nats']:.2f} | {r['test_bpd']:.4f} | {stderr} | {r['method']}"
@@ -358,8 +360,8 @@ def write_tables(rows: dict[str, dict]) -> None:
             f"coverage {real['yardstick_coverage']:.3f}); yardstick: {real['yardstick_method']}, "
             f"classifier validation accuracy {real['classifier_val_accuracy']:.3f}."
         )
-    for entry in ENTRIES:
-        sw = rows.get(entry, {}).get("sandwich")
+    for key in table_keys(rows):
+        sw, entry = rows[key].get("sandwich"), key.replace("@", " @")
         if sw:
             lines.append(
                 f"\n{entry} sandwich of the test log-likelihood (nats/example): lower "
@@ -367,7 +369,11 @@ def write_tables(rows: dict[str, dict]) -> None:
                 f"of {sw['raise_chains']} chains per digit), upper {sw['upper']:.2f} ± "
                 f"{sw['upper_stderr']:.2f} (forward AIS log Z, ESS {sw['ais_ess']:.1f} of "
                 f"{sw['ais_chains']}); {sw['method']}, {sw['cpu_seconds']:.0f} CPU s"
-                + (" (its upper side is built on the mean-field bound)" if entry == "dbm" else "")
+                + (
+                    " (its upper side is built on the mean-field bound)"
+                    if rows[key]["family"] == "dbm"
+                    else ""
+                )
             )
     for entry, r in rows.items():
         if r.get("sampling"):
@@ -378,6 +384,17 @@ def write_tables(rows: dict[str, dict]) -> None:
             )
     (RESULTS / "nll.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def table_keys(rows: dict[str, dict]) -> list[str]:
+    """Row keys in table order: each entry, then its tagged runs (``entry@tag``, e.g. a longer
+    budget)."""
+    return [
+        key
+        for entry in ENTRIES
+        for key in sorted(rows, key=lambda k: (k != entry, k))
+        if key == entry or key.startswith(f"{entry}@")
+    ]
 
 
 def real_floor(yardstick) -> dict:
@@ -415,6 +432,9 @@ def main() -> None:
         "--raise-chains", type=int, help="RAISE chains per test digit (RBM/DBM sandwich)"
     )
     ap.add_argument("--raise-betas", type=int, help="RAISE temperatures (RBM/DBM sandwich)")
+    ap.add_argument(
+        "--tag", help="a second run of an entry (e.g. a longer --budget): kept as entry@TAG"
+    )
     ap.add_argument(
         "--val-every",
         type=int,
@@ -460,6 +480,7 @@ def main() -> None:
                 args.raise_chains,
                 args.raise_betas,
                 args.val_every,
+                args.tag,
             )
         save_row(row)
         write_tables(load_rows())
