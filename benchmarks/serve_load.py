@@ -544,23 +544,22 @@ class Bench:
         os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
         os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "60")
         t0 = time.monotonic()
-        for attempt in (1, 2):  # Ray waits a fixed 30 s for its raylet: on a machine loaded
-            temp = tempfile.mkdtemp(prefix="gm-sl-ray-", dir="/tmp")  # many times over, once
-            self.ray_temp = temp  # more (as tests/conftest.py); short: Ray's socket paths
-            try:
-                runtime.init_ray(
-                    num_cpus=2,
-                    object_store_memory=300 * 1024**2,
-                    _temp_dir=temp,
-                    include_dashboard=True,
-                )
-                break
-            except Exception as e:
-                runtime.shutdown_ray()
-                shutil.rmtree(temp, ignore_errors=True)
-                if attempt == 2 or "timed out during startup" not in str(e):
-                    raise
-                print("[setup] Ray timed out starting; once more", flush=True)
+
+        def start() -> None:  # short temp dirs: Ray's socket paths
+            self.ray_temp = tempfile.mkdtemp(prefix="gm-sl-ray-", dir="/tmp")
+            runtime.init_ray(
+                num_cpus=2,
+                object_store_memory=300 * 1024**2,
+                _temp_dir=self.ray_temp,
+                include_dashboard=True,
+            )
+
+        def failed() -> None:
+            runtime.shutdown_ray()
+            shutil.rmtree(self.ray_temp, ignore_errors=True)
+            print("[setup] Ray did not start", flush=True)
+
+        runtime.start_with_retry(start, failed)
         self.ray_started = True
         self.serve_port = runtime.free_port()
         serve.start(

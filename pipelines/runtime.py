@@ -96,6 +96,22 @@ def init_ray(address: str | None = None, *, verbose: bool = False, **kw: Any) ->
     return True
 
 
+def start_with_retry(
+    start: Callable[[], T], on_failure: Callable[[], None], attempts: int = 2
+) -> T:
+    """``start()`` (a Ray start), once more after a raylet start-up time-out: Ray waits a fixed
+    30 s for its raylet, too short on a 2-core machine loaded 15x over (measured). Any other
+    error, or the last attempt's, is raised; ``on_failure`` cleans up after each failed try."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return start()
+        except Exception as e:
+            on_failure()
+            if attempt == attempts or "timed out during startup" not in str(e):
+                raise
+    raise AssertionError("unreachable")  # attempts >= 1 returns or raises above
+
+
 def shutdown_ray() -> None:
     """Stop the Ray ``init_ray`` started and restore ``RAY_ADDRESS`` as it was."""
     import ray

@@ -17,6 +17,8 @@ import tempfile
 
 import pytest
 
+from pipelines.runtime import start_with_retry
+
 
 def free_port() -> int:
     """A TCP port nothing listens on now (the OS's pick from its ephemeral range)."""
@@ -68,27 +70,25 @@ def ray_session():
     saved = {k: os.environ.get(k) for k in RAY_ENV}
     temp = short_temp_dir("gm-ray-")
     try:
-        for attempt in (1, 2):  # Ray waits 30 s (fixed) for its raylet: too short on a
-            gcs_port = free_port()  # machine loaded 15x over (measured); one more try then
+
+        def start():
+            gcs_port = free_port()  # a new port per try
             address = f"{ray.util.get_node_ip_address()}:{gcs_port}"
             os.environ.update(
                 RAY_ADDRESS=address, RAY_GCS_SERVER_PORT=str(gcs_port), RAY_TMPDIR=temp
             )
-            try:
-                ctx = ray.init(
-                    address="local",  # a new instance: never the one RAY_ADDRESS named before
-                    num_cpus=2,
-                    include_dashboard=True,
-                    dashboard_port=free_port(),
-                    object_store_memory=600 * 1024**2,
-                    log_to_driver=True,
-                    _temp_dir=temp,
-                )
-                break
-            except Exception as e:
-                ray.shutdown()
-                if attempt == 2 or "timed out during startup" not in str(e):
-                    raise
+            ctx = ray.init(
+                address="local",  # a new instance: never the one RAY_ADDRESS named before
+                num_cpus=2,
+                include_dashboard=True,
+                dashboard_port=free_port(),
+                object_store_memory=600 * 1024**2,
+                log_to_driver=True,
+                _temp_dir=temp,
+            )
+            return ctx, address
+
+        ctx, address = start_with_retry(start, ray.shutdown)
         assert ctx.address_info["gcs_address"] == address, (ctx.address_info, address)
         yield ray
     finally:

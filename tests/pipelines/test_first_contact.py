@@ -208,6 +208,37 @@ def test_run_bounded_gives_up_at_its_time_limit():
         run_bounded(lambda: 1 / 0, timeout_s=5, what="failing")
 
 
+def test_a_ray_start_is_retried_once_after_a_raylet_timeout_only():
+    from pipelines.runtime import start_with_retry
+
+    def starter(errors):
+        calls = {"start": 0, "cleanup": 0}
+
+        def start():
+            calls["start"] += 1
+            if errors:
+                raise errors.pop(0)
+            return "up"
+
+        def cleanup():
+            calls["cleanup"] += 1
+
+        return start, cleanup, calls
+
+    timeout = RuntimeError("The current node timed out during startup.")
+    start, cleanup, calls = starter([timeout])
+    assert start_with_retry(start, cleanup) == "up"
+    assert calls == {"start": 2, "cleanup": 1}
+    start, cleanup, calls = starter([timeout, timeout])  # bounded: two tries, then the error
+    with pytest.raises(RuntimeError, match="timed out"):
+        start_with_retry(start, cleanup)
+    assert calls == {"start": 2, "cleanup": 2}
+    start, cleanup, calls = starter([ValueError("bad option")])  # control: no retry on others
+    with pytest.raises(ValueError):
+        start_with_retry(start, cleanup)
+    assert calls == {"start": 1, "cleanup": 1}
+
+
 # ----------------------------------------------------------------------------- the CLI itself
 def test_every_option_of_every_command_has_help_and_there_is_a_version(capsys):
     import argparse
