@@ -3,12 +3,16 @@
 For every entry, the family's training step (``model(batch)["loss"].backward()`` and Adam, the
 benchmark config of ``benchmarks/nll.py``) and the reference's (``benchmarks/reference/``: the
 same parameters written the plain way, autograd for the gradients) run on the same batches of
-the bundled MNIST digits (fixed binarisation), one torch thread, in **alternating pairs** in one
+the bundled MNIST digits (fixed binarisation; 8-bit for Real NVP, as its ``benchmarks/nll.py``
+entry), one torch thread, in **alternating pairs** in one
 process: ``--pairs`` (5) times, ``--steps`` (5) steps of one, then of the other, timed in
 process CPU-seconds (the machine may be shared: wall time would count other jobs). The table
 gives examples per CPU-second of each (the median over the pairs) and the median of the
 per-pair ratios ours / reference (target >= 0.67). A ``before`` variant, where an entry has
-one, is the code path a speed-up replaced, timed in the same pairs.
+one, is the code path a speed-up replaced, timed in the same pairs. Before timing, each
+reference is loaded with the family model's weights (``reference.load_from``, after one no-grad
+training forward of ours: base rates, ActNorm's data init); that the two then compute the same
+loss and gradients is ``tests/benchmarks/test_references.py``.
 
     python benchmarks/throughput.py                 # every entry
     python benchmarks/throughput.py --entry nade --pairs 3 --steps 2   # smoke
@@ -179,7 +183,23 @@ def run_entry(name: str, x_train: torch.Tensor, args) -> dict:
     return row
 
 
+def merge_rows(rows: list[dict], results: Path) -> list[dict]:
+    """``rows`` plus the rows of entries not run this time from an earlier ``throughput.json``
+    (each keeps its own ``meta`` under ``run``), in ``ENTRIES`` order."""
+    path = results / "throughput.json"
+    earlier = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    ran = {r["entry"] for r in rows}
+    kept = [
+        {**r, "run": r.get("run", earlier.get("meta", {}))}
+        for r in earlier["rows"]
+        if r["entry"] not in ran and r["entry"] in ENTRIES
+    ]
+    order = list(ENTRIES)
+    return sorted(rows + kept, key=lambda r: order.index(r["entry"]))
+
+
 def write_tables(rows: list[dict], meta: dict, results: Path) -> None:
+    rows = merge_rows(rows, results)
     (results / "throughput.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [
         "# Training-step throughput: ours beside a minimal reference of the same model",
@@ -199,7 +219,17 @@ def write_tables(rows: list[dict], meta: dict, results: Path) -> None:
             f"| {r['entry']} | {r['batch']} | {eps['ours']:.0f} | {eps['reference']:.0f} | "
             f"{before} | {r['ratio_vs_reference']:.2f}× | {speed} |"
         )
-    lines += ["", f"{meta['threads']} thread, {meta['machine']}, load average {meta['load']}."]
+    lines += [
+        "",
+        f"{meta['threads']} thread, {meta['machine']}, load average {meta['load']}; "
+        f"{meta.get('pairs')} pairs of {meta.get('steps')} steps per variant.",
+    ]
+    earlier = [r for r in rows if "run" in r]
+    for r in earlier:
+        lines.append(
+            f"The {r['entry']} row is from an earlier run (load average {r['run'].get('load')}, "
+            f"{r['pairs']} pairs of {r['steps_per_pair']} steps)."
+        )
     (results / "throughput.md").write_text("\n".join(lines) + "\n")
 
 
@@ -240,6 +270,8 @@ def main() -> None:
     meta = {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "threads": 1,
+        "pairs": args.pairs,
+        "steps": args.steps,
         "load": " ".join(f"{v:.1f}" for v in os.getloadavg()),
         "dataset_fingerprint": data.fingerprint,
     }
