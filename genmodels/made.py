@@ -197,7 +197,28 @@ class MADE(ar.AutoregressiveImpute, GenerativeModel):
         self, n: int, generator: torch.Generator | None = None, condition: Condition = None
     ) -> Tensor:
         """Ancestral samples of the mask mixture; given ``condition={"label": y}`` (one label or
-        one per sample), of p(x | y); a conditional model without one draws y uniformly first."""
+        one per sample), of p(x | y); a conditional model without one draws y uniformly first.
+
+        Each step updates the first layer's pre-activation by one input column (O(H1)) and
+        computes only the next output (``_sequential_fill``); the draws are those of
+        ``_sample_full``, which recomputes the whole network per dimension."""
+        return self._sample(n, generator, condition, incremental=True)
+
+    @torch.no_grad()
+    def _sample_full(
+        self, n: int, generator: torch.Generator | None = None, condition: Condition = None
+    ) -> Tensor:
+        """The full-recompute sampler (one network pass per dimension): the reference for
+        tests and ``benchmarks/sampling.py``; same draws, same samples as ``sample``."""
+        return self._sample(n, generator, condition, incremental=False)
+
+    def _sample(
+        self,
+        n: int,
+        generator: torch.Generator | None,
+        condition: Condition,
+        incremental: bool,
+    ) -> Tensor:
         labels = conditional.labels_from_condition(self, condition, n)
         if labels is None and self.num_labels:
             labels = conditional.uniform_labels(self, n, generator)
@@ -211,10 +232,13 @@ class MADE(ar.AutoregressiveImpute, GenerativeModel):
             xk = torch.zeros(len(rows), d, device=device)
             yk = labels[rows.cpu()] if labels is not None else None
             self.set_mask(k)
-            for dim in torch.argsort(self.orders[k]).tolist():
-                p = torch.sigmoid(self.logits(xk, yk)[:, dim])
-                u = torch.rand(len(rows), generator=generator).to(device)
-                xk[:, dim] = (u < p).float()
+            if incremental:
+                xk = self._sequential_fill(xk, None, k, yk, generator)
+            else:
+                for dim in torch.argsort(self.orders[k]).tolist():
+                    p = torch.sigmoid(self.logits(xk, yk)[:, dim])
+                    u = torch.rand(len(rows), generator=generator).to(device)
+                    xk[:, dim] = (u < p).float()
             x[rows] = xk
         return x.view(n, *self.input_shape)
 
@@ -244,12 +268,24 @@ class MADE(ar.AutoregressiveImpute, GenerativeModel):
     def _ar_fill(
         self, xf: Tensor, missing: Tensor, k: int, generator: torch.Generator | None
     ) -> Tensor:
-        """Sequential sampling under mask k; the first layer's pre-activation is updated one
-        input column at a time (O(H1) per step), the layers above run on every step."""
+        """Sequential sampling of the missing entries under component k (``_sequential_fill``)."""
         k, labels = self._ar_component(k, len(xf))
+        return self._sequential_fill(torch.where(missing, 0.0, xf), missing, k, labels, generator)
+
+    def _sequential_fill(
+        self,
+        x: Tensor,
+        missing: Tensor | None,
+        k: int,
+        labels: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        """Draw the entries of ``x (N, D)`` where ``missing`` (every entry if None) in mask k's
+        order, in place, one uniform per dimension. The first layer's pre-activation is updated
+        one input column at a time (O(H1) per step) and only output d is computed (O(H_last));
+        layers between the first and the last hidden one run in full on every step."""
         bias = self.label_biases(labels)
-        x = torch.where(missing, 0.0, xf)
-        any_missing = missing.any(0).tolist()
+        any_missing = missing.any(0).tolist() if missing is not None else [True] * x.shape[1]
         first, last = self.layers[0], self.layers[-1]
         w_first = first.weight * first.masks[k]  # (H1, D)
         w_last = last.weight * last.masks[k]  # (D, H_last)
@@ -271,7 +307,7 @@ class MADE(ar.AutoregressiveImpute, GenerativeModel):
                 if w_direct is not None:
                     logit = logit + x @ w_direct[d]
                 draw = (ar.uniform(len(x), generator, x) < torch.sigmoid(logit)).to(x.dtype)
-                new = torch.where(missing[:, d], draw, x[:, d])
+                new = draw if missing is None else torch.where(missing[:, d], draw, x[:, d])
                 if a is not None:
                     a += (new - x[:, d])[:, None] * w_first[:, d]
                 x[:, d] = new
