@@ -458,8 +458,11 @@ def main() -> None:
 
     from pipelines.data import load_dataset
     from pipelines.quality import yardstick_for
+    from pipelines.runtime import start_with_retry
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_with_retry(
+        lambda: ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False), ray.shutdown
+    )
     rows = load_rows()
     for entry in entries:
         data = load_dataset(args.data, binarize=ENTRIES[entry][1], seed=args.seed)
