@@ -365,7 +365,13 @@ def write_tables(rows: dict[str, dict]) -> None:
         if sw:
             lines.append(
                 f"\n{entry} sandwich of the test log-likelihood (nats/example): lower "
-                f"{sw['lower']:.2f} ± {sw['lower_stderr']:.2f} (RAISE, ESS {sw['raise_ess']:.1f} "
+                f"{sw['lower']:.2f}"
+                + (
+                    f" ± {sw['lower_stderr']:.2f}"
+                    if math.isfinite(sw["lower_stderr"])
+                    else " (no standard error from one chain per digit)"
+                )
+                + f" (RAISE, ESS {sw['raise_ess']:.1f} "
                 f"of {sw['raise_chains']} chains per digit), upper {sw['upper']:.2f} ± "
                 f"{sw['upper_stderr']:.2f} (forward AIS log Z, ESS {sw['ais_ess']:.1f} of "
                 f"{sw['ais_chains']}); {sw['method']}, {sw['cpu_seconds']:.0f} CPU s"
