@@ -421,6 +421,9 @@ def main() -> None:
     )
     ap.add_argument("--config", help="threshold trial: JSON overrides of the entry's config")
     ap.add_argument("--tag", help="threshold trial: its name")
+    ap.add_argument(
+        "--from-trial", help="threshold: score this split-1 trial's weights as its entry's row"
+    )
     args = ap.parse_args()
     if args.protocol == "threshold":
         threshold_main(args)
@@ -505,6 +508,16 @@ def threshold_main(args) -> None:
     if (args.config or args.tag) and not args.validation_only:
         bad("--config/--tag: only with --validation-only (final rows use the entries' configs)")
     torch.set_num_threads(threads)
+    if args.from_trial is not None:
+        if not (nt.TRIALS / f"{args.from_trial}.json").exists():
+            bad(f"--from-trial {args.from_trial!r}: no such trial in {nt.TRIALS}")
+        try:
+            row = nt.finish_trial(args.from_trial, args.device, args.seed)
+        except ValueError as e:
+            bad(f"--from-trial {args.from_trial!r}: {e}")
+        print(f"{row['entry']} split 1 (trial {args.from_trial}): test {row['test_nats']:.2f} nats")
+        print(nt.write_tables())
+        return
     for entry in entries:
         row = nt.run(
             entry, split, budget, args.device, args.seed, args.validation_only, overrides, args.tag

@@ -188,9 +188,38 @@ def run(
     }
     if validation_only:
         row = {**head, "tag": tag or entry, "wall_seconds": round(time.monotonic() - t0, 1)}
+        nll.save_weights(model, f"threshold-trial-{row['tag']}")
         TRIALS.mkdir(parents=True, exist_ok=True)
         (TRIALS / f"{row['tag']}.json").write_text(json.dumps(row, indent=2, sort_keys=True))
         return row
+    return finish(model, data, head, device, seed)
+
+
+def finish_trial(tag: str, device: str, seed: int) -> dict:
+    """Score a split-1 tuning trial's saved best weights on the test split, once, as its entry's
+    final row: only when the trial's config and batch size are the entry's in
+    ``THRESHOLD_ENTRIES`` (the trial was chosen on validation; retraining the same config would
+    spend another 200 CPU-s for a run that differs only by timing)."""
+    import nll
+
+    head = json.loads((TRIALS / f"{tag}.json").read_text())
+    _, _, config, batch_size = THRESHOLD_ENTRIES[head["entry"]]
+    want = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+    if head["config"] != want or head["batch_size"] != batch_size or head["split"] != 1:
+        raise ValueError(
+            f"trial {tag!r} ({head['config']}, batch {head['batch_size']}) is not the "
+            f"{head['entry']!r} entry ({want}, batch {batch_size}) on split 1"
+        )
+    model = nll.load_weights(f"threshold-trial-{tag}").to(device)
+    head = {k: v for k, v in head.items() if k not in ("tag", "wall_seconds")}
+    return finish(model, protocol_data(1), {**head, "trial": tag}, device, seed)
+
+
+def finish(model, data: ProtocolData, head: dict, device: str, seed: int) -> dict:
+    """The test split, once: likelihood, sandwich (Boltzmann machines), yardstick; the row."""
+    import nll
+
+    entry, split = head["entry"], data.split
     yardstick = protocol_yardstick(data, seed)
     settled = model.prepare_scoring(torch.Generator().manual_seed(seed + 4343), final=True)
     nll.save_weights(model, f"threshold-s{split}-{entry}")

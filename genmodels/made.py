@@ -218,6 +218,10 @@ class MADE(ar.AutoregressiveImpute, GenerativeModel):
             rows = (which == k).nonzero().squeeze(1).to(device)
             xk = torch.zeros(len(rows), d, device=device)
             yk = labels[rows.cpu()] if labels is not None else None
+            if yk is None:  # the same draws, the first layer updated one column at a time
+                everything = torch.ones(len(rows), d, dtype=torch.bool, device=device)
+                x[rows] = self._ar_fill(xk, everything, k, generator)
+                continue
             self.set_mask(k)
             for dim in torch.argsort(self.orders[k]).tolist():
                 p = torch.sigmoid(self.logits(xk, yk)[:, dim])
