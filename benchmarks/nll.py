@@ -97,11 +97,12 @@ def train_entry(
     device: str,
     seed: int,
     val_every: int = 1,
+    spec: tuple[str, str, dict] | None = None,
 ) -> tuple[genmodels.GenerativeModel, dict]:
-    """Train an entry for ``budget_s`` CPU-seconds, selecting the best epoch on validation
-    (every ``val_every`` epochs and after the last); returns the model with its best weights
-    loaded and the training facts."""
-    family, _, config = ENTRIES[entry]
+    """Train an entry (``spec`` = (family, binarize, config), default ``ENTRIES[entry]``) for
+    ``budget_s`` CPU-seconds, selecting the best epoch on validation (every ``val_every`` epochs
+    and after the last); returns the model with its best weights loaded and the training facts."""
+    family, _, config = spec or ENTRIES[entry]
     torch.manual_seed(seed)
     model = genmodels.build(family, data.input_shape, data.levels, **config).to(device)
     has_likelihood = model.likelihood != "none"
@@ -425,11 +426,13 @@ def real_floor(yardstick) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--family", action="append", help="entry to run (repeatable); default all")
-    ap.add_argument("--budget", type=float, default=240.0, help="training CPU-seconds per entry")
+    ap.add_argument(
+        "--budget", type=float, help="training CPU-seconds per entry (240; threshold: 200)"
+    )
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--data", default="mnist", help="dataset name or path (see module doc)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, help="torch threads (2; threshold: 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--yardstick-only", action="store_true", help="re-score saved weights, no training"
@@ -439,19 +442,40 @@ def main() -> None:
     )
     ap.add_argument("--raise-betas", type=int, help="RAISE temperatures (RBM/DBM sandwich)")
     ap.add_argument(
-        "--tag", help="a second run of an entry (e.g. a longer --budget): kept as entry@TAG"
-    )
-    ap.add_argument(
         "--val-every",
         type=int,
         default=1,
         help="validate every N epochs (and after the last): for families whose epochs cost "
         "less than their validation (the Boltzmann machines' AIS)",
     )
+    ap.add_argument(
+        "--protocol",
+        default="default",
+        help="'default' (this docstring) or 'threshold' (benchmarks/nll_threshold.py)",
+    )
+    ap.add_argument("--split", default="1", help="threshold protocol: split 1 or 2")
+    ap.add_argument(
+        "--validation-only", action="store_true", help="threshold: a tuning trial, no test split"
+    )
+    ap.add_argument("--config", help="threshold trial: JSON overrides of the entry's config")
+    ap.add_argument(
+        "--tag",
+        help="default protocol: a second run of an entry (e.g. a longer --budget), kept as "
+        "entry@TAG; threshold protocol: a trial's name",
+    )
+    ap.add_argument(
+        "--from-trial", help="threshold: score this split-1 trial's weights as its entry's row"
+    )
     args = ap.parse_args()
+    if args.protocol == "threshold":
+        threshold_main(args)
+        return
+    if args.protocol != "default":
+        bad(f"--protocol {args.protocol!r}: expected 'default' or 'threshold'")
     if args.val_every < 1:
-        raise SystemExit(f"--val-every must be >= 1, got {args.val_every}")
-    torch.set_num_threads(args.threads)
+        bad(f"--val-every must be >= 1, got {args.val_every}")
+    args.budget = 240.0 if args.budget is None else args.budget
+    torch.set_num_threads(2 if args.threads is None else args.threads)
     entries = args.family or list(ENTRIES)
     unknown = [e for e in entries if e not in ENTRIES]
     if unknown:
@@ -494,6 +518,68 @@ def main() -> None:
         save_row(row)
         write_tables(load_rows())
     ray.shutdown()
+
+
+def bad(message: str) -> None:
+    """Bad command-line input: one line naming the value, exit status 2."""
+    import sys
+
+    print(f"nll.py: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def threshold_main(args) -> None:
+    """``--protocol threshold`` (see ``benchmarks/nll_threshold.py``)."""
+    import nll_threshold as nt
+
+    if args.split not in ("1", "2"):
+        bad(f"--split {args.split!r}: expected 1 or 2")
+    split = int(args.split)
+    budget = 200.0 if args.budget is None else args.budget
+    if not budget > 0:
+        bad(f"--budget {args.budget!r}: expected CPU-seconds > 0")
+    threads = 1 if args.threads is None else args.threads
+    if threads < 1:
+        bad(f"--threads {args.threads!r}: expected >= 1")
+    entries = args.family or list(nt.THRESHOLD_ENTRIES)
+    for e in entries:
+        if e not in nt.THRESHOLD_ENTRIES:
+            why = nt.SKIPPED.get(e, "unknown entry")
+            bad(f"--family {e!r}: not in the threshold protocol ({why})")
+    overrides = None
+    if args.config is not None:
+        try:
+            overrides = json.loads(args.config)
+        except json.JSONDecodeError:
+            overrides = None
+        if not isinstance(overrides, dict):
+            bad(f"--config {args.config!r}: expected a JSON object")
+    if (args.config or args.tag) and not args.validation_only:
+        bad("--config/--tag: only with --validation-only (final rows use the entries' configs)")
+    torch.set_num_threads(threads)
+    if args.from_trial is not None:
+        if not (nt.TRIALS / f"{args.from_trial}.json").exists():
+            bad(f"--from-trial {args.from_trial!r}: no such trial in {nt.TRIALS}")
+        try:
+            row = nt.finish_trial(args.from_trial, args.device, args.seed)
+        except ValueError as e:
+            bad(f"--from-trial {args.from_trial!r}: {e}")
+        print(f"{row['entry']} split 1 (trial {args.from_trial}): test {row['test_nats']:.2f} nats")
+        print(nt.write_tables())
+        return
+    for entry in entries:
+        row = nt.run(
+            entry, split, budget, args.device, args.seed, args.validation_only, overrides, args.tag
+        )
+        what = (
+            f"val {row['val_nats']:.2f}" if args.validation_only else f"test {row['test_nats']:.2f}"
+        )
+        print(
+            f"{entry} split {split}: {what} nats, best epoch {row['best_epoch'] + 1} of "
+            f"{row['epochs']}",
+            flush=True,
+        )
+        print(nt.write_tables())
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ not).
 Choices here: binary data; ``num_masks`` masks drawn once from the seed and stored as buffers;
 training draws one mask per step (from the module's own generator, so it is reproducible);
 ``natural_order`` keeps the first mask in raster order; an optional direct input-to-output
-connection (masked, strictly autoregressive).
+connection (masked, strictly autoregressive); optional ``dropout`` on the hidden units in
+training only (default 0: off), so evaluation and sampling use the whole, exact network.
 
 Imputation (``impute``, see ``genmodels.impute_autoregressive``). The model is the mixture
 p = (1/K) sum_k p_k, so its conditional is p(x_mis | x_obs) = sum_k w_k p_k(x_mis | x_obs) with
@@ -73,6 +74,7 @@ class MADEConfig(BaseConfig):
     num_masks: int = 1
     natural_order: bool = True
     direct_connection: bool = True
+    dropout: float = 0.0  # on each hidden layer's output, in training only
     lr: float = 1e-3
     impute_proposals: int = IMPUTE_PROPOSALS
     impute_sweeps: int = IMPUTE_SWEEPS
@@ -89,16 +91,20 @@ class MADE(ar.AutoregressiveImpute, GenerativeModel):
     capabilities = frozenset({"log_prob", "impute"})
     sample_limit = 256
     search_space = {
-        "hidden_sizes": SearchSpec("choice", ((256,), (500,), (500, 500))),
+        # (2000,) / (8000,) with early stopping: the issue-16 protocol (benchmarks/nll_threshold)
+        "hidden_sizes": SearchSpec("choice", ((256,), (500,), (500, 500), (2000,), (8000,))),
         "num_masks": SearchSpec("choice", (1, 4, 8)),
         "lr": SearchSpec("loguniform", low=3e-4, high=3e-3),
         "weight_decay": SearchSpec("choice", (0.0, 1e-5, 1e-4)),
+        "dropout": SearchSpec("choice", (0.0, 0.1, 0.3)),
     }
 
     def __init__(self, input_shape: tuple[int, ...], levels: int, config: MADEConfig) -> None:
         super().__init__(input_shape, levels, config)
         if config.num_masks < 1:
             raise ValueError(f"made: num_masks must be >= 1, got {config.num_masks}")
+        if not 0.0 <= config.dropout < 1.0:
+            raise ValueError(f"made: dropout must be in [0, 1), got {config.dropout}")
         ar.validate_settings(self.family, config.impute_proposals, config.impute_sweeps)
         d = self.num_dims
         g = torch.Generator().manual_seed(config.seed)
@@ -158,8 +164,11 @@ class MADE(ar.AutoregressiveImpute, GenerativeModel):
         h = x.flatten(1)
         bias = self.label_biases(labels)
         out_direct = self.direct(h) if self.direct is not None else 0.0
+        p = self.config.dropout
         for layer, b in zip(self.layers[:-1], bias):
             h = F.relu(layer(h) + b)
+            if p > 0.0 and self.training:  # training only: log_prob (eval) stays exact
+                h = F.dropout(h, p, training=True)
         return self.layers[-1](h) + bias[-1] + out_direct
 
     def _log_prob_mask(self, x: Tensor, k: int, labels: Tensor | None = None) -> Tensor:

@@ -136,7 +136,7 @@ class NADE(ar.AutoregressiveImpute, BernoulliAutoregressive):
     sample_limit = 256
     search_space = {
         "hidden_size": SearchSpec("choice", (100, 250, 500)),
-        "lr": SearchSpec("loguniform", low=1e-4, high=3e-3),
+        "lr": SearchSpec("loguniform", low=1e-4, high=1e-2),
         "weight_decay": SearchSpec("choice", (0.0, 1e-5, 1e-4)),
     }
 

@@ -128,3 +128,23 @@ def test_incremental_sampler_equals_the_full_recompute(config):
         model.layers[0].weight[:, d] = 0.0
     control = model._sample_full(200, generator=torch.Generator().manual_seed(7))
     assert not torch.equal(fast, control)
+
+
+def test_dropout_is_training_only_and_eval_stays_normalised():
+    """With dropout 0.5, training-mode logits are random (control: they differ between two
+    calls) while evaluation is deterministic, equal to the same weights without dropout, and
+    still sums to one by enumeration."""
+    model = far_from_uniform(0, hidden_sizes=(16, 16), dropout=0.5)
+    plain = far_from_uniform(0, hidden_sizes=(16, 16))
+    x = ALL_STATES.flatten(1)
+    model.train()
+    with torch.no_grad():
+        a, b = model.logits(x), model.logits(x)
+    assert not torch.equal(a, b)  # control: dropout is on in training
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model.logits(x), model.logits(x))
+        assert torch.equal(model.log_prob(ALL_STATES), plain.log_prob(ALL_STATES))
+    assert total_mass(model) == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(ValueError, match="dropout"):
+        genmodels.build("made", input_shape=(1, 2, 4), dropout=1.0)
