@@ -269,7 +269,7 @@ def finish(model, data: ProtocolData, head: dict, device: str, seed: int) -> dic
     folder = OUT / f"split{split}"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{entry}.json").write_text(json.dumps(row, indent=2, sort_keys=True))
-    floor = real_floor(yardstick)
+    floor = nll.real_floor(yardstick)  # the same yardstick keys, plus its method
     (folder / "_real.json").write_text(json.dumps(floor, indent=2, sort_keys=True))
     return row
 
@@ -281,18 +281,6 @@ def example_stderr(model, x: torch.Tensor, device: str, seed: int) -> float:
     g = torch.Generator().manual_seed(seed)
     lp = torch.cat([model.score(c.to(device), g).log_prob.cpu() for c in x.split(250)]).double()
     return float(lp.std() / len(lp) ** 0.5)
-
-
-def real_floor(yardstick) -> dict:
-    from genmodels.quality import sample_quality
-
-    ref = yardstick.reference
-    q = sample_quality(
-        yardstick.classifier,
-        torch.as_tensor(ref["validation"]).float(),
-        torch.as_tensor(ref["test"]).float(),
-    )
-    return {f"yardstick_{k}": v for k, v in q.as_dict().items()}
 
 
 def load(folder: Path) -> dict[str, dict]:
