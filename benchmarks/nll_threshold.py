@@ -143,31 +143,13 @@ def protocol_data(split: int) -> ProtocolData:
     return ProtocolData(split, arrays)
 
 
-class PipelineView:
-    """The pipeline's own bundled-MNIST dataset (fixed draw) as ``yardstick_for`` reads it, without
-    starting Ray: same fingerprint (so the cached yardstick is found), same arrays."""
-
-    def __init__(self, seed: int) -> None:
-        from pipelines.data import prepare_dataset
-
-        self.prepared = p = prepare_dataset("mnist", binarize="fixed", seed=seed)
-        self.name, self.fingerprint, self.levels = p.name, p.fingerprint, p.levels
-        self.input_shape = p.input_shape
-
-    def numpy(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        from pipelines.data import _preprocess
-
-        p, r = self.prepared, self.prepared.rows[split]
-        batch = {"x": p.raw[r], "y": p.visible_labels()[r], "row": r}
-        out = _preprocess(batch, how="binary", raw_levels=p.raw_levels, seed=p.seed)
-        return out["x"], out["y"]
-
-
 def protocol_yardstick(data: ProtocolData, seed: int):
     """The pipeline's yardstick classifier judging against this split's digits (module doc)."""
+    from pipelines.data import prepare_dataset
     from pipelines.quality import Yardstick, yardstick_for
 
-    base = yardstick_for(PipelineView(seed), seed=seed)
+    # the pipeline's dataset without Ray: same fingerprint, so the cached yardstick is found
+    base = yardstick_for(prepare_dataset("mnist", binarize="fixed", seed=seed), seed=seed)
     reference = {s: data.numpy(s)[0][:YARDSTICK_N].astype(np.uint8) for s in ("validation", "test")}
     return Yardstick(base.classifier, base.key, base.info, reference)
 

@@ -316,17 +316,32 @@ class PreparedDataset(PreparedFields):
             fingerprint=_fingerprint(prep, self.raw, self.y),
         )
 
+    @property
+    def train_is_probabilities(self) -> bool:
+        """As ``LoadedDataset.train_is_probabilities``."""
+        return self.binarize == "dynamic"
+
+    def _how(self, split: str) -> str:
+        """What ``_preprocess`` makes of ``split``'s raw integers."""
+        if self.binarize == "none":
+            return "integers"
+        return "probabilities" if self.train_is_probabilities and split == "train" else "binary"
+
+    def numpy(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """``LoadedDataset.numpy`` on the driver, without Ray: the same arrays (the draws are
+        seeded per source row, so they do not depend on Ray's blocks)."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+        r = self.rows[split]
+        batch = {"x": self.raw[r], "y": self.visible_labels()[r], "row": r}
+        out = _preprocess(batch, how=self._how(split), raw_levels=self.raw_levels, seed=self.seed)
+        return out["x"], out["y"]
+
     def to_ray(self) -> LoadedDataset:
         """The splits as lazy Ray Datasets (Ray starts with defaults if no Ray is up)."""
-
-        def how(split: str) -> str:
-            if self.binarize == "none":
-                return "integers"
-            return "probabilities" if self.binarize == "dynamic" and split == "train" else "binary"
-
         y = self.visible_labels()  # hidden labels never reach a Ray block
         splits = {
-            s: _to_ray(self.raw, y, self.rows[s], how(s), self.raw_levels, self.seed)
+            s: _to_ray(self.raw, y, self.rows[s], self._how(s), self.raw_levels, self.seed)
             for s in SPLITS
         }
         return loaded_dataset(self, splits)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.data import binarize_batch, dataset_names, load_dataset
+from pipelines.data import binarize_batch, dataset_names, load_dataset, prepare_dataset
 
 pytestmark = pytest.mark.ray
 
@@ -105,6 +105,22 @@ def test_dynamic_train_holds_probabilities_and_scoring_splits_the_fixed_draw(mni
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert set(a.unique().tolist()) <= {0.0, 1.0} and a.dtype == torch.float32
     assert abs(a.mean().item() - pt.mean().item()) < 0.01
+
+
+def test_prepared_numpy_gives_the_ray_splits_without_ray(mnist):
+    """``PreparedDataset.numpy`` (the yardstick's view without Ray) equals ``LoadedDataset.numpy``
+    in every binarisation mode and split; control: another seed's fixed draw differs."""
+    for mode, (ds, arrays) in mnist.items():
+        prepared = prepare_dataset("mnist", binarize=mode)
+        assert prepared.fingerprint == ds.fingerprint
+        assert prepared.train_is_probabilities == ds.train_is_probabilities
+        for split, (x, y) in arrays.items():
+            px, py = prepared.numpy(split)
+            np.testing.assert_array_equal(px, x)
+            np.testing.assert_array_equal(py, y)
+            assert px.dtype == x.dtype and py.dtype == y.dtype
+    other = prepare_dataset("mnist", binarize="fixed", seed=1).numpy("test")[0]
+    assert not np.array_equal(other, mnist["fixed"][1]["test"][0])
 
 
 def test_iter_torch_batches_gives_image_tensors(mnist):
