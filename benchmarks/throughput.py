@@ -96,6 +96,14 @@ def nade_entry(x0: torch.Tensor) -> Variants:
     }
 
 
+def nade_relu_entry(x0: torch.Tensor) -> Variants:
+    """NADE with relu hidden units (``activation="relu"``, the threshold protocol's entry)."""
+    hidden = 500
+    ours = genmodels.build("nade", (1, 28, 28), 2, hidden_size=hidden, activation="relu")
+    ref = ReferenceNADE(x0[0].numel(), hidden, "relu")
+    return {"ours": (ours, lambda x: ours({"x": x})["loss"]), "reference": (ref, ref.loss)}
+
+
 def pixelcnn_entry(x0: torch.Tensor) -> Variants:
     return paired("pixelcnn", {"channels": 32, "num_layers": 5}, ReferencePixelCNN(32, 5), x0)
 
@@ -130,6 +138,7 @@ def vae_entry(x0: torch.Tensor) -> Variants:
 
 ENTRIES = {
     "nade": nade_entry,
+    "nade-relu": nade_relu_entry,
     "pixelcnn": pixelcnn_entry,
     "realnvp": realnvp_entry,
     "rbm": rbm_entry,

@@ -13,8 +13,9 @@ from torch import Tensor, nn
 class ReferenceNADE(nn.Module):
     """Raster order; W (H, D), V (D, H), b (D,), c (H,): the parameters of ``genmodels`` NADE."""
 
-    def __init__(self, dims: int, hidden: int) -> None:
+    def __init__(self, dims: int, hidden: int, activation: str = "sigmoid") -> None:
         super().__init__()
+        self.act = torch.relu if activation == "relu" else torch.sigmoid
         self.W = nn.Parameter(torch.empty(hidden, dims).uniform_(-1, 1) / math.sqrt(dims))
         self.V = nn.Parameter(torch.empty(dims, hidden).uniform_(-1, 1) / math.sqrt(hidden))
         self.b = nn.Parameter(torch.zeros(dims))
@@ -25,7 +26,7 @@ class ReferenceNADE(nn.Module):
         a = self.c.expand(len(x), -1)
         out = []
         for d in range(x.shape[1]):
-            out.append(torch.sigmoid(a) @ self.V[d] + self.b[d])
+            out.append(self.act(a) @ self.V[d] + self.b[d])
             a = a + x[:, d, None] * self.W[:, d]
         return torch.stack(out, 1)
 

@@ -49,6 +49,9 @@ def family_and_reference(name: str):
     if name == "nade":
         ours = genmodels.build("nade", SHAPE, 2, hidden_size=16)
         ref = ReferenceNADE(D, 16)
+    elif name == "nade-relu":
+        ours = genmodels.build("nade", SHAPE, 2, hidden_size=16, activation="relu")
+        ref = ReferenceNADE(D, 16, "relu")
     elif name == "made":
         ours = genmodels.build("made", SHAPE, 2, hidden_sizes=(20, 12))
         ref = ReferenceMADE(masks_of(ours))
@@ -102,7 +105,7 @@ def losses(ours, ref, x) -> tuple[torch.Tensor, torch.Tensor]:
     return mine, theirs
 
 
-FAMILIES = ["nade", "made", "fvsbn", "pixelcnn", "vae", "realnvp", "rbm", "dbm"]
+FAMILIES = ["nade", "nade-relu", "made", "fvsbn", "pixelcnn", "vae", "realnvp", "rbm", "dbm"]
 
 
 @pytest.mark.parametrize("name", FAMILIES)

@@ -50,10 +50,11 @@ def total_mass(model) -> float:
         return model.log_prob(ALL_STATES).double().exp().sum().item()
 
 
+@pytest.mark.parametrize("activation", ["sigmoid", "relu"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("order_seed", [-1, 5])
-def test_sums_to_one_over_all_states(seed, order_seed):
-    model = far_from_uniform(seed, order_seed=order_seed)
+def test_sums_to_one_over_all_states(seed, order_seed, activation):
+    model = far_from_uniform(seed, order_seed=order_seed, activation=activation)
     with torch.no_grad():
         lp = model.log_prob(ALL_STATES)
     assert lp.max() - lp.min() > 3.0  # the check is not trivially passed by a uniform model
@@ -126,15 +127,16 @@ def naive_log_prob(model, x: torch.Tensor) -> torch.Tensor:
     total = torch.zeros(len(x))
     for i, d in enumerate(model.order.tolist()):
         seen = model.order[:i]
-        h = torch.sigmoid(model.c + x[:, seen] @ model.W[:, seen].T)  # (B, H)
+        h = model._hidden(model.c + x[:, seen] @ model.W[:, seen].T)  # (B, H)
         p = torch.sigmoid(model.b[d] + h @ model.V[d])
         total += torch.where(x[:, d] == 1, p, 1 - p).log()
     return total
 
 
+@pytest.mark.parametrize("activation", ["sigmoid", "relu"])
 @pytest.mark.parametrize("order_seed", [-1, 5])
-def test_fast_log_prob_equals_the_naive_loop(order_seed):
-    model = far_from_uniform(2, scale=1.0, order_seed=order_seed)
+def test_fast_log_prob_equals_the_naive_loop(order_seed, activation):
+    model = far_from_uniform(2, scale=1.0, order_seed=order_seed, activation=activation)
     with torch.no_grad():
         fast, naive = model.log_prob(ALL_STATES), naive_log_prob(model, ALL_STATES)
     torch.testing.assert_close(fast, naive, atol=1e-5, rtol=0)
@@ -143,10 +145,11 @@ def test_fast_log_prob_equals_the_naive_loop(order_seed):
         assert (leaky.log_prob(ALL_STATES) - naive_log_prob(leaky, ALL_STATES)).abs().max() > 1e-2
 
 
+@pytest.mark.parametrize("activation", ["sigmoid", "relu"])
 @pytest.mark.parametrize("order_seed", [-1, 3])
-def test_samples_follow_the_model(order_seed):
+def test_samples_follow_the_model(order_seed, activation):
     """Sampling agrees with log_prob: empirical frequencies over 2^4 states match exp(log_prob)."""
-    model = far_from_uniform(0, shape=(4,), scale=3.0, order_seed=order_seed)
+    model = far_from_uniform(0, shape=(4,), scale=3.0, order_seed=order_seed, activation=activation)
     assert_samples_follow_log_prob(model)
 
 
@@ -163,21 +166,24 @@ def loop_logits(model, x: torch.Tensor) -> torch.Tensor:
     xo, w = x.flatten(1)[:, model.order], model.W[:, model.order]
     a, out = model.c.expand(len(x), -1), []
     for i, d in enumerate(model.order.tolist()):
-        out.append(torch.sigmoid(a) @ model.V[d] + model.b[d])
+        out.append(model._hidden(a) @ model.V[d] + model.b[d])
         a = a + xo[:, i, None] * w[:, i]
     ordered = torch.stack(out, 1)
     return torch.empty_like(ordered).index_copy_(1, model.order, ordered)
 
 
+@pytest.mark.parametrize("activation", ["sigmoid", "relu"])
 @pytest.mark.parametrize("chunk", [1, 3, 8, 1000])
 @pytest.mark.parametrize("order_seed", [-1, 5])
-def test_chunked_logits_and_gradients_equal_the_plain_recurrence(chunk, order_seed, monkeypatch):
+def test_chunked_logits_and_gradients_equal_the_plain_recurrence(
+    chunk, order_seed, activation, monkeypatch
+):
     """Any chunk size (one step, chunks that do not divide D, one chunk) gives the loop's logits
     and the gradients of every parameter, in float64."""
     import genmodels.nade as nade_module
 
     monkeypatch.setattr(nade_module, "chunk_size", lambda *a: chunk)
-    model = far_from_uniform(3, scale=1.0, order_seed=order_seed).double()
+    model = far_from_uniform(3, scale=1.0, order_seed=order_seed, activation=activation).double()
     x = torch.bernoulli(torch.full((5, 1, 2, 4), 0.5, dtype=torch.float64))
     r = torch.randn(5, 8, dtype=torch.float64)  # a generic linear functional of the logits
     params = list(model.parameters())
@@ -201,9 +207,9 @@ def test_hand_written_backward_passes_gradcheck_and_a_broken_one_does_not():
     w, v = (torch.randn(7, 4, dtype=torch.float64, generator=g, requires_grad=True) for _ in "wv")
     c = torch.randn(4, dtype=torch.float64, generator=g, requires_grad=True)
     b = torch.randn(7, dtype=torch.float64, generator=g, requires_grad=True)
-    for chunk in (1, 3, 7):
+    for chunk, relu in itertools.product((1, 3, 7), (False, True)):
         assert torch.autograd.gradcheck(
-            lambda *p, k=chunk: NADELogits.apply(x, *p, k), (w, v, c, b)
+            lambda *p, k=chunk, r=relu: NADELogits.apply(x, *p, k, r), (w, v, c, b)
         )
 
     class Broken(NADELogits):  # control: the input weights' gradient forgets later chunks
