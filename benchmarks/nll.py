@@ -429,7 +429,11 @@ def main() -> None:
     ap.add_argument(
         "--budget", type=float, help="training CPU-seconds per entry (240; threshold: 200)"
     )
-    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        help="training batch (default 100; threshold: the entry's, or a trial's override)",
+    )
     ap.add_argument("--data", default="mnist", help="dataset name or path (see module doc)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, help="torch threads (2; threshold: 1)")
@@ -507,7 +511,7 @@ def main() -> None:
                 data,
                 yardstick,
                 args.budget,
-                args.batch_size,
+                args.batch_size or 100,
                 args.device,
                 args.seed,
                 args.raise_chains,
@@ -554,8 +558,15 @@ def threshold_main(args) -> None:
             overrides = None
         if not isinstance(overrides, dict):
             bad(f"--config {args.config!r}: expected a JSON object")
-    if (args.config or args.tag) and not args.validation_only:
-        bad("--config/--tag: only with --validation-only (final rows use the entries' configs)")
+    if (args.config or args.tag or args.batch_size) and not args.validation_only:
+        bad(
+            "--config/--tag/--batch-size: only with --validation-only (final rows use the "
+            "entries' configs and batch sizes)"
+        )
+    if args.batch_size is not None:
+        if args.batch_size < 1:
+            bad(f"--batch-size {args.batch_size}: must be >= 1")
+        overrides = {**(overrides or {}), "batch_size": args.batch_size}
     torch.set_num_threads(threads)
     if args.from_trial is not None:
         if not (nt.TRIALS / f"{args.from_trial}.json").exists():

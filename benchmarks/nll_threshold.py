@@ -56,8 +56,19 @@ YARDSTICK_N = 500
 # split 1's validation split (trials in nll-threshold.md); split 2 reuses them untuned.
 THRESHOLD_ENTRIES: dict[str, tuple[str, str, dict, int]] = {
     "fvsbn": ("fvsbn", "fixed", {"lr": 3e-3}, 100),
-    "nade": ("nade", "fixed", {"hidden_size": 250, "lr": 3e-3}, 100),
-    "made": ("made", "fixed", {"hidden_sizes": (8000,), "lr": 2e-3}, 100),
+    "nade": ("nade", "fixed", {"hidden_size": 500, "lr": 1e-3, "activation": "relu"}, 100),
+    "made": (
+        "made",
+        "fixed",
+        {
+            "hidden_sizes": (8000,),
+            "lr": 1e-3,
+            "natural_order": False,
+            "direct_connection": False,
+            "dropout": 0.1,
+        },
+        100,
+    ),
     "pixelcnn": ("pixelcnn", "fixed", {"channels": 32, "num_layers": 5, "lr": 1e-3}, 100),
     "vae": ("vae", "fixed", {"latent_dim": 32, "hidden_sizes": (512, 256), "lr": 3e-3}, 100),
     "vae-iaf": (

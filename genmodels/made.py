@@ -97,6 +97,9 @@ class MADE(ar.AutoregressiveImpute, GenerativeModel):
         "lr": SearchSpec("loguniform", low=3e-4, high=3e-3),
         "weight_decay": SearchSpec("choice", (0.0, 1e-5, 1e-4)),
         "dropout": SearchSpec("choice", (0.0, 0.1, 0.3)),
+        # the first mask's order: raster, or a random permutation (issue 16: one hidden layer
+        # of 8000 units reached 84.3 nats of validation NLL with a random order, 91.1 raster)
+        "natural_order": SearchSpec("choice", (True, False)),
     }
 
     def __init__(self, input_shape: tuple[int, ...], levels: int, config: MADEConfig) -> None:
