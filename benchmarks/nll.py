@@ -69,6 +69,8 @@ ENTRIES: dict[str, tuple[str, str, dict]] = {
     # 50,000 is expected from the shorter steps but was not measured on those models.
     "rbm": ("rbm", "fixed", {"ais_betas": 50000}),
     "dbm": ("dbm", "fixed", {"ais_betas": 50000}),
+    # issue 17: the greedy RBM stages first (1,500 steps each), then joint training
+    "dbm-pretrain": ("dbm", "fixed", {"ais_betas": 50000, "pretrain_steps": 1500}),
     "avb": ("avb", "fixed", {}),
     "gan": ("gan", "fixed", {}),
     "aae": ("aae", "fixed", {}),
