@@ -479,15 +479,11 @@ def train_loop(cfg: dict[str, Any]) -> None:
     while state["epoch"] < spec.epochs and not state["stopped"]:
         epoch, t0 = state["epoch"], time.monotonic()
         module.train()
-        losses, seen, cpu0 = [], 0, time.process_time()
-        for step, batch in enumerate(
-            _batches(
-                train_shard,
-                spec.batch_size,
-                device,
-                shuffle_seed=spec.seed * 1000 + epoch * 17 + rank,
-            )
-        ):
+        losses, seen, cpu0, waited = [], 0, time.process_time(), [0.0]
+        batches = _batches(
+            train_shard, spec.batch_size, device, shuffle_seed=spec.seed * 1000 + epoch * 17 + rank
+        )
+        for step, batch in enumerate(_timed(batches, waited)):
             if spec.max_steps_per_epoch is not None and step >= spec.max_steps_per_epoch:
                 break
             x = batch["x"]
@@ -528,6 +524,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
             "train_examples": seen,
             "train_time_s": train_time,
             "train_cpu_s": train_cpu,  # this worker process's CPU time in the loop (all threads)
+            "train_wait_s": waited[0],  # of train_time_s: waiting for the next batch (ingest)
             "epoch_time_s": time.monotonic() - t0,
         }
         if "val_log_prob" in val:
@@ -627,6 +624,20 @@ def train_loop(cfg: dict[str, Any]) -> None:
         _log_pictures(module, spec, state, mlflow_client, cfg["run_id"])
     # A checkpoint rides along so ``Result.metrics`` (the latest checkpointed report) is this one.
     _report_with_checkpoint(module, optimizers, best_state, state, final, rank, data_gen, extra)
+
+
+def _timed(iterable, waited: list[float]):
+    """``iterable``'s items, adding the seconds spent waiting for each to ``waited[0]``."""
+    it = iter(iterable)
+    while True:
+        t0 = time.monotonic()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        finally:
+            waited[0] += time.monotonic() - t0
+        yield item
 
 
 def _batches(shard, batch_size: int, device, shuffle_seed: int | None = None):
