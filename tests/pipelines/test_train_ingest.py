@@ -140,6 +140,8 @@ def test_rebatch_windows_carry_and_shuffle_within_bounds():
         list(rebatch(cs, 0))
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # three fits: 551 s at a load average of ~25 on 2 cores
 def test_a_seeded_run_is_repeatable_and_sees_every_row(tmp_path, digits):
     """Through Ray Train (1 worker, 2 full epochs): an epoch takes every train row once, and
     two runs with one seed end with the same weights; a run with another seed does not."""
