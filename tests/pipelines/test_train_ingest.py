@@ -141,10 +141,12 @@ def test_rebatch_windows_carry_and_shuffle_within_bounds():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1200)  # three fits: 551 s at a load average of ~25 on 2 cores
+@pytest.mark.timeout(900)  # two fits (three took 551 s at a load average of ~25 on 2 cores)
 def test_a_seeded_run_is_repeatable_and_sees_every_row(tmp_path, digits):
     """Through Ray Train (1 worker, 2 full epochs): an epoch takes every train row once, and
-    two runs with one seed end with the same weights; a run with another seed does not."""
+    two runs with one seed end with the same weights. The control, that another seed gives
+    another order (so the equality is not vacuous), is ``test_shuffle_order_is_fixed_by_the_seed``
+    on the same ``_batches`` path, without a third fit."""
 
     def fit(seed: int, name: str):
         spec = TrainSpec(
@@ -167,10 +169,9 @@ def test_a_seeded_run_is_repeatable_and_sees_every_row(tmp_path, digits):
             state = torch.load(f"{d}/rank0.pt", weights_only=True)
         return json.dumps(state["params_sha256"])
 
-    a, b, c = fit(0, "ingest-a"), fit(0, "ingest-b"), fit(1, "ingest-c")
+    a, b = fit(0, "ingest-a"), fit(0, "ingest-b")
     last = a.metrics_dataframe.dropna(subset=["train_time_s"]).iloc[-1]  # epoch 1's report
     n = digits.sizes["train"]
     assert int(last["epoch"]) == 1 and int(last["train_examples"]) == n
     assert a.metrics["steps"] == 2 * -(-n // 100)  # every batch of both epochs, the last short
     assert digest(a) == digest(b)
-    assert digest(a) != digest(c)  # control: another seed, other weights
