@@ -930,6 +930,7 @@ def rebatch(
     shuffle_rows: int = 0,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    columns: tuple[str, ...] | None = None,
 ):
     """Training batches cut locally from large Ray Data chunks (dicts of NumPy columns).
 
@@ -944,6 +945,9 @@ def rebatch(
     ``iter_torch_batches`` without a shuffle. With one, each buffer (the carried rows first) is
     permuted by ``torch.randperm(generator=...)`` before it is sliced: a windowed shuffle over
     ``shuffle_rows``-row windows, deterministic for a seed and the chunks' order.
+
+    ``columns``: keep only these (a scoring pass takes ``x`` alone: the labels of a label-budget
+    run are never read, converted or copied there); default every column of the chunks.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -969,7 +973,7 @@ def rebatch(
             yield {k: v[i : i + batch_size] for k, v in tensors.items()}
 
     for chunk in chunks:
-        chunk = {k: np.asarray(v) for k, v in chunk.items()}
+        chunk = {k: np.asarray(chunk[k]) for k in (columns or tuple(chunk.keys()))}
         size = len(next(iter(chunk.values())))
         if size == 0:
             continue

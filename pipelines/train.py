@@ -245,7 +245,7 @@ def _all_reduce(values: list[float], device: torch.device) -> list[float]:
 def _score_split(module, shard, spec: TrainSpec, device, seed: int) -> dict[str, Any]:
     """Score this rank's shard, all-reduce the sums over ranks → means (see ``evaluate``)."""
     module.eval()
-    batches = (b["x"] for b in _batches(shard, spec.batch_size, device))
+    batches = (b["x"] for b in _batches(shard, spec.batch_size, device, columns=("x",)))
     total, var, count, method, shared = accumulate_scores(
         module, batches, torch.Generator().manual_seed(seed)
     )
@@ -324,7 +324,7 @@ def _metrics_split(module, shard, spec: TrainSpec, device) -> dict[str, float]:
     sums: dict[str, float] = {}
     count = 0.0
     with torch.no_grad():
-        for b in _batches(shard, spec.batch_size, device):
+        for b in _batches(shard, spec.batch_size, device, columns=tuple(module.batch_keys)):
             values = module.validation_metrics({k: b[k] for k in module.batch_keys})
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + float(v.double().sum())
@@ -640,7 +640,13 @@ def _timed(iterable, waited: list[float]):
         yield item
 
 
-def _batches(shard, batch_size: int, device, shuffle_seed: int | None = None):
+def _batches(
+    shard,
+    batch_size: int,
+    device,
+    shuffle_seed: int | None = None,
+    columns: tuple[str, ...] | None = None,
+):
     """A pass over a worker's shard as tensor batches of ``batch_size`` rows on ``device``.
 
     Ray Data streams whole blocks (``iter_batches(batch_size=None)``, NumPy: one fetch and one
@@ -650,13 +656,14 @@ def _batches(shard, batch_size: int, device, shuffle_seed: int | None = None):
     ``iter_torch_batches(batch_size=...)`` yields, row for row (validation and test scores are
     unchanged); with it, windows of ``data.shuffle_rows(batch_size)`` rows are permuted by a
     torch generator seeded with it (a different order from Ray's local shuffle buffer, the same
-    rows each epoch; deterministic for a seed, as before).
+    rows each epoch; deterministic for a seed, as before). ``columns``: only these (see
+    ``data.rebatch``).
     """
     from .data import rebatch, shuffle_rows
 
     chunks = shard.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
     if shuffle_seed is None:
-        yield from rebatch(chunks, batch_size, device=device)
+        yield from rebatch(chunks, batch_size, device=device, columns=columns)
         return
     yield from rebatch(
         chunks,
@@ -664,6 +671,7 @@ def _batches(shard, batch_size: int, device, shuffle_seed: int | None = None):
         shuffle_rows=shuffle_rows(batch_size),
         generator=torch.Generator().manual_seed(shuffle_seed),
         device=device,
+        columns=columns,
     )
 
 

@@ -138,6 +138,10 @@ def test_rebatch_windows_carry_and_shuffle_within_bounds():
     assert max(got[:8]) < 21  # the first window holds rows 0..20 (blocks until >= 10 rows)
     with pytest.raises(ValueError, match="batch_size"):
         list(rebatch(cs, 0))
+    only_x = list(rebatch(cs, 4, columns=("x",)))  # a scoring pass: x alone, same batches
+    assert all(b.keys() == {"x"} for b in only_x)
+    assert all(torch.equal(a["x"], b["x"]) for a, b in zip(only_x, plain, strict=True))
+    assert plain[0].keys() == {"row", "x"}  # control: the default keeps every column
 
 
 @pytest.mark.slow
