@@ -887,3 +887,101 @@ def _read_images(fs: pafs.FileSystem, path: str):
         (y if classes else None),
         ({"classes": classes} if classes else {}),
     )
+
+
+# ----------------------------------------------------------------------------- training ingest
+CACHE_BYTES = 256 << 20  # splits up to this size (all together, as shipped) are made once per fit
+
+
+def split_bytes(data: LoadedDataset) -> int:
+    """The bytes of every split's rows as Ray Data ships them (``batch_columns``' dtypes)."""
+    per_row = sum(
+        np.dtype(dtype).itemsize * math.prod(shape) for dtype, shape in data.batch_columns.values()
+    )
+    return per_row * sum(data.sizes.values())
+
+
+def training_splits(data: LoadedDataset, max_bytes: int = CACHE_BYTES) -> dict:
+    """The splits a fit streams to its workers: each made once (``Dataset.materialize``: the
+    preprocessed blocks kept in Ray's object store) when all of them fit in ``max_bytes``, else
+    the lazy splits, whose preprocessing then runs again every epoch.
+
+    Every split's preprocessing is deterministic (a fixed draw is seeded by the source row;
+    ``"dynamic"`` keeps probabilities and the worker draws), so the made blocks hold the rows
+    every epoch would have made, in the same order. Either way the workers read them through
+    Ray Data (``get_dataset_shard``), block by block, each epoch.
+    """
+    if split_bytes(data) > max_bytes:
+        return dict(data.splits)
+    return {name: ds.materialize() for name, ds in data.splits.items()}
+
+
+# ----------------------------------------------------------------------------- worker-side batches
+def shuffle_rows(batch_size: int) -> int:
+    """The rows a training shuffle mixes at a time: at least 1,000 and four batches (the size of
+    the local shuffle buffer ``iter_torch_batches`` used to get)."""
+    return max(4 * batch_size, 1000)
+
+
+def rebatch(
+    chunks,
+    batch_size: int,
+    *,
+    shuffle_rows: int = 0,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    columns: tuple[str, ...] | None = None,
+):
+    """Training batches cut locally from large Ray Data chunks (dicts of NumPy columns).
+
+    Ray Data hands a worker whole blocks (``iter_batches(batch_size=None)``: one fetch and one
+    Arrow→NumPy conversion per ~1,000 rows instead of per batch); here they are gathered into a
+    buffer of at least ``shuffle_rows`` rows (one chunk when 0), turned into tensors once (moved to
+    ``device`` once), and sliced into batches of ``batch_size`` rows. The rows left over when a
+    buffer does not divide into full batches are carried into the next buffer, so every batch is
+    full except the last of the pass — the batches ``iter_torch_batches(batch_size=...)`` yields.
+
+    Without a ``generator`` the row order is the chunks' order: the same batches, row for row, as
+    ``iter_torch_batches`` without a shuffle. With one, each buffer (the carried rows first) is
+    permuted by ``torch.randperm(generator=...)`` before it is sliced: a windowed shuffle over
+    ``shuffle_rows``-row windows, deterministic for a seed and the chunks' order.
+
+    ``columns``: keep only these (a scoring pass takes ``x`` alone: the labels of a label-budget
+    run are never read, converted or copied there); default every column of the chunks.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    pending: list[dict[str, np.ndarray]] = []
+    rows = 0
+    carry: dict[str, np.ndarray] | None = None
+
+    def cut(last: bool):
+        nonlocal carry
+        parts = ([carry] if carry is not None else []) + pending
+        # One copy per buffer: the result is writable and owned, so torch shares it.
+        cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        n = len(next(iter(cols.values())))
+        if generator is not None:
+            order = torch.randperm(n, generator=generator).numpy()
+            cols = {k: v[order] for k, v in cols.items()}
+        full = n if last else n - n % batch_size
+        carry = None if full == n else {k: v[full:] for k, v in cols.items()}
+        tensors = {k: torch.from_numpy(v[:full]) for k, v in cols.items()}
+        if device is not None:
+            tensors = {k: v.to(device) for k, v in tensors.items()}
+        for i in range(0, full, batch_size):
+            yield {k: v[i : i + batch_size] for k, v in tensors.items()}
+
+    for chunk in chunks:
+        chunk = {k: np.asarray(chunk[k]) for k in (columns or tuple(chunk.keys()))}
+        size = len(next(iter(chunk.values())))
+        if size == 0:
+            continue
+        pending.append(chunk)
+        rows += size
+        if rows >= max(shuffle_rows, 1):
+            yield from cut(last=False)
+            pending = []
+            rows = 0 if carry is None else len(next(iter(carry.values())))
+    if pending or carry is not None:
+        yield from cut(last=True)

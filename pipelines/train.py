@@ -3,6 +3,10 @@
 The driver (``run_training``) loads the dataset, opens an MLflow run, fits a ``TorchTrainer``
 and registers the best model. Each worker runs ``train_loop``:
 
+* data: the fit's splits are made once (``data.training_splits``: materialised in Ray's object
+  store when they fit ``data.CACHE_BYTES``) and streamed to the workers by Ray Data every epoch,
+  whole blocks at a time, cut into batches in the worker (``_batches``, ``data.rebatch``); the
+  train split is shuffled in windows of ``data.shuffle_rows`` rows, seeded per epoch and rank;
 * the model is built identically on every rank (same seed), wrapped in DDP
   (``ray.train.torch.prepare_model``), and every phase the family declares is stepped in order
   with its own optimiser (``model(batch, phase=p)["loss"]``);
@@ -241,7 +245,7 @@ def _all_reduce(values: list[float], device: torch.device) -> list[float]:
 def _score_split(module, shard, spec: TrainSpec, device, seed: int) -> dict[str, Any]:
     """Score this rank's shard, all-reduce the sums over ranks → means (see ``evaluate``)."""
     module.eval()
-    batches = (b["x"] for b in shard.iter_torch_batches(batch_size=spec.batch_size, device=device))
+    batches = (b["x"] for b in _batches(shard, spec.batch_size, device, columns=("x",)))
     total, var, count, method, shared = accumulate_scores(
         module, batches, torch.Generator().manual_seed(seed)
     )
@@ -320,7 +324,7 @@ def _metrics_split(module, shard, spec: TrainSpec, device) -> dict[str, float]:
     sums: dict[str, float] = {}
     count = 0.0
     with torch.no_grad():
-        for b in shard.iter_torch_batches(batch_size=spec.batch_size, device=device):
+        for b in _batches(shard, spec.batch_size, device, columns=tuple(module.batch_keys)):
             values = module.validation_metrics({k: b[k] for k in module.batch_keys})
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + float(v.double().sum())
@@ -475,15 +479,11 @@ def train_loop(cfg: dict[str, Any]) -> None:
     while state["epoch"] < spec.epochs and not state["stopped"]:
         epoch, t0 = state["epoch"], time.monotonic()
         module.train()
-        losses, seen = [], 0
-        for step, batch in enumerate(
-            train_shard.iter_torch_batches(
-                batch_size=spec.batch_size,
-                device=device,
-                local_shuffle_buffer_size=max(4 * spec.batch_size, 1000),
-                local_shuffle_seed=spec.seed * 1000 + epoch * 17 + rank,
-            )
-        ):
+        losses, seen, cpu0, waited = [], 0, time.process_time(), [0.0]
+        batches = _batches(
+            train_shard, spec.batch_size, device, shuffle_seed=spec.seed * 1000 + epoch * 17 + rank
+        )
+        for step, batch in enumerate(_timed(batches, waited)):
             if spec.max_steps_per_epoch is not None and step >= spec.max_steps_per_epoch:
                 break
             x = batch["x"]
@@ -496,12 +496,12 @@ def train_loop(cfg: dict[str, Any]) -> None:
                 out = ddp(batch, phase=phase)
                 out["loss"].backward()
                 opt.step()
-            losses.append(out["loss"].item())
+            losses.append(out["loss"].detach())  # no host sync per step
             seen += len(x)
             state["steps"] += 1
             if spec.fail_at_epoch == epoch and rank == world - 1 and spec.fail_marker:
                 _die_once(Path(spec.fail_marker), epoch)
-        train_time = time.monotonic() - t0
+        train_time, train_cpu = time.monotonic() - t0, time.process_time() - cpu0
         val = _validate(module, val_shard, spec, device, yardstick, rank)
         score = val["val_score"]
         improved = math.isnan(score) or score > state["best_val"]
@@ -510,7 +510,11 @@ def train_loop(cfg: dict[str, Any]) -> None:
             best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
         else:
             state["bad_epochs"] += 1
-        train_loss = _all_reduce([float(np.mean(losses)) if losses else float("nan")], device)[0]
+        # The mean of the steps' float32 losses in float64: what averaging .item()s gave.
+        mean_loss = (
+            float(np.mean(torch.stack(losses).cpu().double().numpy())) if losses else math.nan
+        )
+        train_loss = _all_reduce([mean_loss], device)[0]
         metrics = {
             "epoch": epoch,
             "train_loss": train_loss / world,
@@ -519,6 +523,8 @@ def train_loop(cfg: dict[str, Any]) -> None:
             "steps": state["steps"],
             "train_examples": seen,
             "train_time_s": train_time,
+            "train_cpu_s": train_cpu,  # this worker process's CPU time in the loop (all threads)
+            "train_wait_s": waited[0],  # of train_time_s: waiting for the next batch (ingest)
             "epoch_time_s": time.monotonic() - t0,
         }
         if "val_log_prob" in val:
@@ -620,17 +626,68 @@ def train_loop(cfg: dict[str, Any]) -> None:
     _report_with_checkpoint(module, optimizers, best_state, state, final, rank, data_gen, extra)
 
 
+def _timed(iterable, waited: list[float]):
+    """``iterable``'s items, adding the seconds spent waiting for each to ``waited[0]``."""
+    it = iter(iterable)
+    while True:
+        t0 = time.monotonic()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        finally:
+            waited[0] += time.monotonic() - t0
+        yield item
+
+
+def _batches(
+    shard,
+    batch_size: int,
+    device,
+    shuffle_seed: int | None = None,
+    columns: tuple[str, ...] | None = None,
+):
+    """A pass over a worker's shard as tensor batches of ``batch_size`` rows on ``device``.
+
+    Ray Data streams whole blocks (``iter_batches(batch_size=None)``, NumPy: one fetch and one
+    conversion per block, prefetched while the model trains) and ``data.rebatch`` cuts them
+    into batches locally. At a small model a per-batch ``iter_torch_batches`` cost more than
+    the step itself (issue 16). Without ``shuffle_seed`` the batches are the ones
+    ``iter_torch_batches(batch_size=...)`` yields, row for row (validation and test scores are
+    unchanged); with it, windows of ``data.shuffle_rows(batch_size)`` rows are permuted by a
+    torch generator seeded with it (a different order from Ray's local shuffle buffer, the same
+    rows each epoch; deterministic for a seed, as before). ``columns``: only these (see
+    ``data.rebatch``).
+    """
+    from .data import rebatch, shuffle_rows
+
+    chunks = shard.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
+    if shuffle_seed is None:
+        yield from rebatch(chunks, batch_size, device=device, columns=columns)
+        return
+    yield from rebatch(
+        chunks,
+        batch_size,
+        shuffle_rows=shuffle_rows(batch_size),
+        generator=torch.Generator().manual_seed(shuffle_seed),
+        device=device,
+        columns=columns,
+    )
+
+
 class _ProbedShard:
     """A dataset shard whose every batch passes through ``probe(split, rank, batch)`` before the
-    worker uses it (a test hook: see ``build_trainer``'s ``probe``)."""
+    worker uses it (a test hook: see ``build_trainer``'s ``probe``): every chunk ``_batches``
+    fetches, as tensors, before it is cut into batches."""
 
     def __init__(self, shard, split: str, rank: int, probe) -> None:
         self._shard, self._split, self._rank, self._probe = shard, split, rank, probe
 
-    def iter_torch_batches(self, **kw):
-        for batch in self._shard.iter_torch_batches(**kw):
+    def iter_batches(self, **kw):
+        for chunk in self._shard.iter_batches(**kw):
+            batch = {k: torch.from_numpy(np.array(v)) for k, v in chunk.items()}
             self._probe(self._split, self._rank, batch)
-            yield batch
+            yield chunk
 
 
 def _shard(split: str, cfg: dict[str, Any], rank: int):
@@ -755,6 +812,8 @@ def build_trainer(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from .data import training_splits
+
     # Fail here, with the family's own message, not inside N workers: shape, data space, config.
     check_model(spec, data.input_shape, data.levels, data.batch_columns)
     cluster = ray.cluster_resources()
@@ -796,7 +855,7 @@ def build_trainer(
             num_workers=spec.num_workers, use_gpu=spec.use_gpu, resources_per_worker=resources
         ),
         run_config=run_config,
-        datasets=dict(data.splits),
+        datasets=training_splits(data),
     )
 
 

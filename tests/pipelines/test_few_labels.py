@@ -113,12 +113,15 @@ class _Spied(dict):
 
 
 class _Shard:
+    """A worker's shard: its blocks as NumPy chunks (``iter_batches``, as Ray Data gives them),
+    each recording which columns were read."""
+
     def __init__(self, batches):
         self.batches, self.read = batches, []
 
-    def iter_torch_batches(self, **kw):
+    def iter_batches(self, **kw):
         for b in self.batches:
-            yield _Spied(b, self.read)
+            yield _Spied({k: v.numpy() for k, v in b.items()}, self.read)
 
 
 class _SpyYardstick:
