@@ -473,13 +473,13 @@ def main() -> None:
         "--from-trial", help="threshold: score this split-1 trial's weights as its entry's row"
     )
     args = ap.parse_args()
+    if args.val_every < 1:
+        bad(f"--val-every must be >= 1, got {args.val_every}")
     if args.protocol == "threshold":
         threshold_main(args)
         return
     if args.protocol != "default":
         bad(f"--protocol {args.protocol!r}: expected 'default' or 'threshold'")
-    if args.val_every < 1:
-        bad(f"--val-every must be >= 1, got {args.val_every}")
     args.budget = 240.0 if args.budget is None else args.budget
     torch.set_num_threads(2 if args.threads is None else args.threads)
     entries = args.family or list(ENTRIES)
@@ -582,7 +582,15 @@ def threshold_main(args) -> None:
         return
     for entry in entries:
         row = nt.run(
-            entry, split, budget, args.device, args.seed, args.validation_only, overrides, args.tag
+            entry,
+            split,
+            budget,
+            args.device,
+            args.seed,
+            args.validation_only,
+            overrides,
+            args.tag,
+            args.val_every,
         )
         what = (
             f"val {row['val_nats']:.2f}" if args.validation_only else f"test {row['test_nats']:.2f}"

@@ -174,6 +174,7 @@ def run(
     validation_only: bool,
     overrides: dict | None = None,
     tag: str | None = None,
+    val_every: int = 1,
 ) -> dict:
     import nll
 
@@ -184,7 +185,9 @@ def run(
     data = protocol_data(split)
     spec = (family, binarize, config)
     t0 = time.monotonic()
-    model, facts = nll.train_entry(entry, data, None, budget, batch_size, device, seed, spec=spec)
+    model, facts = nll.train_entry(
+        entry, data, None, budget, batch_size, device, seed, val_every=val_every, spec=spec
+    )
     head = {
         "entry": entry,
         "family": family,
