@@ -475,6 +475,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.val_every < 1:
         bad(f"--val-every must be >= 1, got {args.val_every}")
+    if args.batch_size is not None and args.batch_size < 1:
+        bad(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.protocol == "threshold":
         threshold_main(args)
         return
@@ -513,7 +515,7 @@ def main() -> None:
                 data,
                 yardstick,
                 args.budget,
-                args.batch_size or 100,
+                100 if args.batch_size is None else args.batch_size,
                 args.device,
                 args.seed,
                 args.raise_chains,
@@ -566,8 +568,6 @@ def threshold_main(args) -> None:
             "entries' configs and batch sizes)"
         )
     if args.batch_size is not None:
-        if args.batch_size < 1:
-            bad(f"--batch-size {args.batch_size}: must be >= 1")
         overrides = {**(overrides or {}), "batch_size": args.batch_size}
     torch.set_num_threads(threads)
     if args.from_trial is not None:

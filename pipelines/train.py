@@ -662,14 +662,12 @@ def _batches(
     from .data import rebatch, shuffle_rows
 
     chunks = shard.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
-    if shuffle_seed is None:
-        yield from rebatch(chunks, batch_size, device=device, columns=columns)
-        return
+    shuffled = shuffle_seed is not None
     yield from rebatch(
         chunks,
         batch_size,
-        shuffle_rows=shuffle_rows(batch_size),
-        generator=torch.Generator().manual_seed(shuffle_seed),
+        shuffle_rows=shuffle_rows(batch_size) if shuffled else 0,
+        generator=torch.Generator().manual_seed(shuffle_seed) if shuffled else None,
         device=device,
         columns=columns,
     )
