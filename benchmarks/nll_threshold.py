@@ -65,7 +65,7 @@ THRESHOLD_ENTRIES: dict[str, tuple[str, str, dict, int]] = {
             "lr": 1e-3,
             "natural_order": False,
             "direct_connection": False,
-            "dropout": 0.1,
+            "dropout": 0.6,
         },
         100,
     ),

@@ -53,6 +53,7 @@ from .impute_chains import (
     impute_rows,
     inpaint_latents,
 )
+from .optim import adam
 from .vae import mlp
 
 ENCODERS = ("deterministic", "gaussian")
@@ -156,7 +157,7 @@ class AAE(GenerativeModel):
         lrs = {"reconstruction": cfg.lr, "discriminator": cfg.adv_lr, "generator": cfg.adv_lr}
         betas = {"reconstruction": (0.9, 0.999)}
         return {
-            p: torch.optim.Adam(
+            p: adam(
                 self.phase_parameters(p),
                 lr=lrs[p],
                 betas=betas.get(p, (0.5, 0.999)),

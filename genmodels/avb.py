@@ -100,6 +100,7 @@ from .base import (
     std_normal_log_prob,
 )
 from .impute_latent import Proposal, gaussian_proposal, sir_impute
+from .optim import adam
 from .vae import mlp
 
 SD_FLOOR = 1e-6  # r's standard deviation, where the encoder ignores its noise
@@ -257,7 +258,7 @@ class AVB(GenerativeModel):
         cfg = self.config
         lrs = {"discriminator": cfg.disc_lr, "main": cfg.lr}
         return {
-            p: torch.optim.Adam(self.phase_parameters(p), lr=lrs[p], weight_decay=cfg.weight_decay)
+            p: adam(self.phase_parameters(p), lr=lrs[p], weight_decay=cfg.weight_decay)
             for p in self.phases
         }
 

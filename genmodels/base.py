@@ -49,6 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .optim import adam
+
 Likelihood = Literal["exact", "bound", "estimate", "none"]
 DataKind = Literal["binary", "discrete"]
 
@@ -287,7 +289,7 @@ class GenerativeModel(nn.Module):
         """One optimiser per phase, built from the config's ``lr`` and ``weight_decay``."""
         cfg = self.config
         return {
-            p: torch.optim.Adam(self.phase_parameters(p), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            p: adam(self.phase_parameters(p), lr=cfg.lr, weight_decay=cfg.weight_decay)
             for p in self.phases
         }
 

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .optim import adam
+
 
 class MaskedLinear(nn.Linear):
     """``nn.Linear`` whose weight is multiplied by a fixed 0/1 mask ``(out, in)`` in ``forward``.
@@ -132,7 +134,7 @@ def adam_per_phase(model, weight_decay: float | None = None) -> dict[str, torch.
     cfg = model.config
     decay = cfg.weight_decay if weight_decay is None else weight_decay
     return {
-        phase: torch.optim.Adam(
+        phase: adam(
             model.phase_parameters(phase), lr=cfg.lr, betas=(cfg.beta1, 0.999), weight_decay=decay
         )
         for phase in model.phases

@@ -96,7 +96,9 @@ class MADE(ar.AutoregressiveImpute, GenerativeModel):
         "num_masks": SearchSpec("choice", (1, 4, 8)),
         "lr": SearchSpec("loguniform", low=3e-4, high=3e-3),
         "weight_decay": SearchSpec("choice", (0.0, 1e-5, 1e-4)),
-        "dropout": SearchSpec("choice", (0.0, 0.1, 0.3)),
+        # issue 16, 8000 units at 200 CPU-s: validation NLL 84.06 / 83.63 / 83.28 / 82.21 / 81.83 /
+        # 81.86 nats at dropout 0.1 / 0.2 / 0.3 / 0.5 / 0.6 / 0.7 (a wide layer overfits early)
+        "dropout": SearchSpec("choice", (0.0, 0.1, 0.3, 0.5, 0.6)),
         # the first mask's order: raster, or a random permutation (issue 16: one hidden layer
         # of 8000 units reached 84.3 nats of validation NLL with a random order, 91.1 raster)
         "natural_order": SearchSpec("choice", (True, False)),

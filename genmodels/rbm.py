@@ -97,6 +97,7 @@ from .base import (
     register,
 )
 from .impute_chains import anneal_rows, impute_rows, row_chunks
+from .optim import adam
 
 
 @dataclass(frozen=True)
@@ -284,11 +285,7 @@ class RBM(GenerativeModel):
         """Adam with ``adam_beta1`` (default 0: no momentum, which makes PCD oscillate)."""
         cfg = self.config
         betas = (cfg.adam_beta1, 0.999)
-        return {
-            "main": torch.optim.Adam(
-                self.parameters(), cfg.lr, betas, weight_decay=cfg.weight_decay
-            )
-        }
+        return {"main": adam(self.parameters(), cfg.lr, betas, weight_decay=cfg.weight_decay)}
 
     def rank_state(self) -> dict[str, Tensor]:
         return {} if self.chains is None else {"chains": self.chains.detach().cpu().clone()}

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from pipelines.data import SPLITS, load_dataset, rebatch, shuffle_rows, split_bytes, training_splits
-from pipelines.train import TrainSpec, _batches, build_trainer
+from pipelines.train import TrainSpec, _batches, _EarlyPass, build_trainer
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
@@ -100,6 +100,47 @@ def test_shuffle_order_is_fixed_by_the_seed(digits):
     first = order(list(_batches(ds, 64, cpu, shuffle_seed=5)))
     assert order(list(_batches(ds, 64, cpu, shuffle_seed=5))) == first
     assert order(list(_batches(ds, 64, cpu, shuffle_seed=6))) != first  # control: another seed
+
+
+@pytest.mark.parametrize("seed", [None, 3])
+def test_an_early_pass_gives_the_batches_of_a_plain_pass(digits, seed):
+    """The epoch opened ahead (during the previous validation) yields what opening it then would:
+    row for row, shuffled or not; a second early pass over the same shard is a new epoch."""
+    ds, cpu = digits.splits["train"], torch.device("cpu")
+    plain = list(_batches(ds, 64, cpu, shuffle_seed=seed))
+    early = _EarlyPass(ds)
+    assert same_batches(list(_batches(early, 64, cpu, shuffle_seed=seed)), plain)
+    assert same_batches(list(_batches(_EarlyPass(ds), 64, cpu, shuffle_seed=seed)), plain)
+    if seed is not None:  # control: the comparison sees a different order
+        assert not same_batches(list(_batches(_EarlyPass(ds), 64, cpu, shuffle_seed=4)), plain)
+
+
+class _Shard:
+    """A stand-in shard: ``iter_batches`` yields the given chunks, or raises ``error`` on open."""
+
+    def __init__(self, chunks, error=None):
+        self.chunks, self.error, self.closed = chunks, error, False
+
+    def iter_batches(self, **kw):
+        if self.error is not None:
+            raise self.error
+        try:
+            yield from self.chunks
+        finally:
+            self.closed = True
+
+
+def test_an_early_pass_raises_where_it_is_read_and_closes_unused():
+    chunk = {"x": np.zeros((10, 1, 2, 2), np.float32), "y": np.arange(10)}
+    failing = _EarlyPass(_Shard([], error=OSError("object store gone")))
+    with pytest.raises(OSError, match="object store gone"):
+        list(_batches(failing, 4, None))
+    shard = _Shard([chunk, chunk])
+    unused = _EarlyPass(shard)
+    unused.close()
+    assert shard.closed  # the opened pass is ended, not left holding its first block
+    assert list(_batches(_EarlyPass(_Shard([])), 4, None)) == []  # an empty shard: no batches
+    assert [len(b["x"]) for b in _batches(_EarlyPass(_Shard([chunk, chunk])), 8, None)] == [8, 8, 4]
 
 
 def test_made_splits_stream_the_same_rows_in_the_same_order(digits):
