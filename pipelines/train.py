@@ -919,10 +919,18 @@ def build_trainer(
     # when a bundle holds several blocks, hands them out last first: an order that depends on
     # timing (one worker saw an epoch's two blocks swapped in 1 of 3 identical runs). Either way
     # the pass keeps the blocks' order where Ray Data can (``preserve_order``).
+    from ray.data import DataContext, ExecutionOptions
     from ray.train import DataConfig
 
-    ingest = DataConfig.default_ingest_options()
-    ingest.preserve_order = True
+    datasets = training_splits(data)
+    for ds in datasets.values():  # a 1-worker pass runs in the worker: no progress bars there
+        ds.context.enable_progress_bars = False
+    current = DataContext.get_current().execution_options  # Ray Train's defaults, order kept
+    ingest = ExecutionOptions(
+        resource_limits=current.resource_limits,
+        preserve_order=True,
+        verbose_progress=current.verbose_progress,
+    )
     dataset_config = DataConfig(
         datasets_to_split="all" if spec.num_workers > 1 else [], execution_options=ingest
     )
@@ -934,7 +942,7 @@ def build_trainer(
             num_workers=spec.num_workers, use_gpu=spec.use_gpu, resources_per_worker=resources
         ),
         run_config=run_config,
-        datasets=training_splits(data),
+        datasets=datasets,
     )
 
 
