@@ -31,7 +31,6 @@ def adam(
 ) -> torch.optim.Adam:
     """``torch.optim.Adam`` over ``params``, fused when every parameter allows it."""
     params = list(params)
-    fused = bool(params) and fusable(params)
     return torch.optim.Adam(
-        params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None
+        params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fusable(params)
     )

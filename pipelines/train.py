@@ -65,8 +65,15 @@ _USER_START_TIMEOUT = os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S")
 POLL_INTERVAL_S = 0.25
 _USER_POLL_INTERVAL = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
 # What the checkpoint's history keeps of each epoch (the learning curve and its timings).
-_HISTORY_KEYS = ("epoch", "train_loss", "val_score", "train_examples", "train_time_s")
-_HISTORY_KEYS += ("train_cpu_s", "train_wait_s")
+_HISTORY_KEYS = (
+    "epoch",
+    "train_loss",
+    "val_score",
+    "train_examples",
+    "train_time_s",
+    "train_cpu_s",
+    "train_wait_s",
+)
 
 
 @dataclass
@@ -488,7 +495,8 @@ def train_loop(cfg: dict[str, Any]) -> None:
 
     train_shard = _shard("train", cfg, rank)
     val_shard = _shard("validation", cfg, rank)
-    upcoming = _EarlyPass(train_shard) if state["epoch"] < spec.epochs else None
+    more = state["epoch"] < spec.epochs and not state["stopped"]  # the loop's own condition
+    upcoming = _EarlyPass(train_shard) if more else None
     run_start, first_epoch = time.monotonic(), state["epoch"]
     while state["epoch"] < spec.epochs and not state["stopped"]:
         epoch, t0 = state["epoch"], time.monotonic()
@@ -670,8 +678,9 @@ class _EarlyPass:
     """A pass over a shard started ahead of its use: a thread opens it and fetches its first
     chunk while the worker does something else (validates, reports), so the epoch that reads it
     does not wait for Ray Data to start a pass (~60-90 ms per epoch here, a 128-unit MADE's
-    epoch being ~0.8 s; 4 s for the first). Only the first chunk is fetched early; the rest
-    stream as in any pass, from the thread that reads them. ``close`` abandons an unused pass."""
+    epoch being ~0.8 s; the first epoch's pass, opened just before the loop, still waits).
+    Only the first chunk is fetched early; the rest stream as in any pass, from the thread that
+    reads them. ``close`` abandons an unused pass."""
 
     def __init__(self, shard) -> None:
         import threading
