@@ -70,11 +70,15 @@ def family_and_reference(name: str):
         ours = genmodels.build("realnvp", SHAPE, 256, **cfg)
         ref = ReferenceRealNVP(SHAPE, 256, 2, 2, 8, 1)
     elif name == "rbm":
-        ours = genmodels.build("rbm", SHAPE, 2, hidden_size=10, num_chains=7, cd_k=3)
+        ours = genmodels.build(
+            "rbm", SHAPE, 2, hidden_size=10, num_chains=7, cd_k=3, chain_restart=0.0
+        )
         ours.set_base_rates(x)
         ref = ReferenceRBM(D, 10, chains=7, k=3)
     elif name == "dbm":
-        ours = genmodels.build("dbm", SHAPE, 2, hidden_sizes=(10, 6), num_chains=7, gibbs_steps=3)
+        ours = genmodels.build(  # no chain restarts: the reference has none (their own test)
+            "dbm", SHAPE, 2, hidden_sizes=(10, 6), num_chains=7, gibbs_steps=3, chain_restart=0.0
+        )
         ref = ReferenceDBM(D, 10, 6, chains=7, gibbs=3, mean_field=10)
     else:
         raise ValueError(name)
@@ -117,8 +121,10 @@ def test_reference_computes_the_family_loss_and_gradients(name):
     mine.backward()
     theirs.backward()
     ours_params = dict(ours.named_parameters())
+    # float32 families: summation order differs between the two (seen: 2e-7 on a 1e-4 gradient)
+    atol = 1e-6 if mine.dtype == torch.float32 else 1e-7
     for pname, p in ref.named_parameters():
-        torch.testing.assert_close(ours_params[pname].grad, p.grad, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(ours_params[pname].grad, p.grad, rtol=1e-5, atol=atol)
     # control: one weight of the reference moved, the loss moves
     ours, ref, x = family_and_reference(name)
     with torch.no_grad():
