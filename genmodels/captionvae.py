@@ -77,7 +77,7 @@ from .base import (
     register,
     std_normal_log_prob,
 )
-from .layers import MaskedConv2d
+from .layers import LocalARHead
 from .text import DIGIT_CAPTION_VOCABULARY, MAX_CAPTION_LENGTH, PAD, Tokenizer
 
 CONDITIONAL = "conditional:caption"
@@ -184,10 +184,7 @@ class CaptionVAE(GenerativeModel):
         )
         # The local autoregressive head: a linear causal ("A"-masked) convolution of the pixels
         # already drawn, added to the decoder's logits; zero at initialisation (a plain VAE).
-        self.ar = None
-        if config.ar_kernel:
-            self.ar = MaskedConv2d(c, c, config.ar_kernel, "A", c, bias=False)
-            nn.init.zeros_(self.ar.weight)
+        self.ar = LocalARHead(c, config.ar_kernel) if config.ar_kernel else None
 
     # ---------------------------------------------------------------------------- captions
     def caption_ids(self, captions, n: int) -> Tensor:
@@ -244,7 +241,7 @@ class CaptionVAE(GenerativeModel):
         """log p(x | z, c) = sum_i log Bernoulli(x_i; sigmoid(decode(z, c)_i + AR(x_<i)_i))."""
         logits = self.decode(z, slots)
         if self.ar is not None:
-            logits = logits + self.ar(2 * x - 1)  # the same for every z: x's own neighbours
+            logits = logits + self.ar(x)  # the same for every z: x's own neighbours
         nll = F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none")
         return -nll.flatten(-3).sum(-1)
 
@@ -322,23 +319,4 @@ class CaptionVAE(GenerativeModel):
         u = torch.rand(logits.shape, generator=generator, dtype=dtype).to(device)
         if self.ar is None:
             return (u < torch.sigmoid(logits)).to(dtype)
-        return self._sample_ar(logits, u)
-
-    def _sample_ar(self, logits: Tensor, u: Tensor) -> Tensor:
-        """Raster-order sampling through the local head: pixel i is on when u_i < sigmoid(logit_i
-        + AR(x_<i)_i), AR read from a ``k x k`` window of the pixels drawn so far (one small dot
-        product per pixel; the window's other entries are masked to zero)."""
-        n, c, h, w = logits.shape
-        k = self.config.ar_kernel
-        weight = self.ar.weight * self.ar.mask  # (C, C, k, k)
-        canvas = logits.new_zeros(n, c, h + k - 1, w + k - 1)  # 2x - 1, zero padding
-        x = torch.zeros_like(logits)
-        for r in range(h):
-            for col in range(w):
-                window = canvas[:, :, r : r + k, col : col + k]
-                for ch in range(c):
-                    logit = logits[:, ch, r, col] + (window * weight[ch]).sum((1, 2, 3))
-                    on = (u[:, ch, r, col] < torch.sigmoid(logit)).to(x.dtype)
-                    x[:, ch, r, col] = on
-                    canvas[:, ch, r + k // 2, col + k // 2] = 2 * on - 1
-        return x
+        return self.ar.sample(logits, u)

@@ -42,6 +42,21 @@ estimates the uniform label mixture's log (1/K) sum_y p(x | y) with ceil(eval_k 
 label (stratified over labels, so the cost is the unconditional one; method
 ``"iwae-k=10x10-marginal:uniform-label"``). ``embed`` and ``impute`` need a label-free posterior,
 so a conditional VAE does not offer them (its capabilities drop both).
+
+Two options for sample quality (both off by default; the model, its bound and its estimates are
+otherwise unchanged):
+
+* ``kl_weight`` beta (Higgins et al. 2017's beta-VAE): the training loss is
+  -(log p(x|z) - beta KL). The reported ``elbo`` and the IWAE ``log_prob`` stay the true bound and
+  estimate of the trained model (beta only changes which model training finds). Why: in a CVAE
+  with beta = 1 the code z also carries the class (the encoder sees x), so a prior draw z decoded
+  with label y is often a digit of another class; beta > 1 makes z costly, and the decoder takes
+  the class from y. Measured (``benchmarks/conditional.py``, NOTES): see the README.
+* ``ar_kernel`` k: the local autoregressive head of ``genmodels.layers.LocalARHead`` on the
+  decoder's logits (images only): p(x | z) = prod_i Bernoulli(x_i; sigmoid(decode(z)_i +
+  head(x_<i)_i)), exact given z, so the IWAE estimate is unchanged in kind; ``sample`` draws the
+  pixels in raster order. Why: independent pixels give every sample salt-and-pepper noise at the
+  strokes' edges. A VAE with a head does not offer ``impute`` (p(x_mis | z) no longer factorises).
 """
 
 from __future__ import annotations
@@ -70,7 +85,7 @@ from .base import (
     std_normal_log_prob,
 )
 from .impute_latent import Proposal, base_mixture_proposal, sir_impute
-from .layers import MaskedLinear, made_degrees, made_masks
+from .layers import LocalARHead, MaskedLinear, made_degrees, made_masks
 
 
 def mlp(sizes: tuple[int, ...]) -> nn.Sequential:
@@ -96,6 +111,10 @@ class VAEConfig(BaseConfig):
     impute_score_k: int = 100
     impute_prior_mix: float = 0.2
     lr: float = 1e-3
+    kl_weight: float = 1.0  # beta: the training loss is -(log p(x|z) - beta KL); see the docstring
+    ar_kernel: int = (
+        0  # a local autoregressive decoder head (k x k, odd >= 3); 0: independent pixels
+    )
     conditional: bool = False  # a CVAE, p(x | y): see genmodels.conditional
     num_classes: int = 10
 
@@ -166,7 +185,17 @@ class VAE(GenerativeModel):
             raise ValueError(
                 f"vae: impute_prior_mix must be in [0, 1), got {config.impute_prior_mix}"
             )
+        if not (config.kl_weight > 0 and math.isfinite(config.kl_weight)):
+            raise ValueError(f"vae: kl_weight must be a positive number, got {config.kl_weight}")
+        if config.ar_kernel and len(self.input_shape) != 3:
+            raise ValueError(
+                f"vae: ar_kernel needs image inputs (C, H, W), got input_shape {self.input_shape}"
+            )
         self.num_labels = k = conditional.setup(self)
+        # The local head couples the pixels given z: the SIR imputation's p(x_mis | z) would no
+        # longer factorise, so a VAE with a head does not offer impute.
+        if config.ar_kernel:
+            self.capabilities = self.capabilities - {"impute"}
         if k:  # the posterior needs a label: no label-free code or imputation
             self.capabilities = self.capabilities - {"embed", "impute"}
         d, h, z = self.num_dims, config.hidden_sizes, config.latent_dim
@@ -176,6 +205,8 @@ class VAE(GenerativeModel):
         self.iaf = nn.ModuleList(
             IAFStep(z, config.iaf_hidden, ctx, reverse=t % 2 == 1) for t in range(config.iaf_steps)
         )
+        # created last, so a VAE without a head initialises exactly as before
+        self.ar = LocalARHead(self.input_shape[0], config.ar_kernel) if config.ar_kernel else None
 
     def encode(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Posterior mean and log-variance of z_0, each ``(B, Z)`` (given ``labels``, for a
@@ -217,6 +248,8 @@ class VAE(GenerativeModel):
     def decoder_log_prob(self, x: Tensor, z: Tensor, labels: Tensor | None = None) -> Tensor:
         """log p(x | z) (p(x | z, y)) for ``x`` ``(B, D)`` and ``z`` ``(..., B, Z)`` → ``(..., B)``."""
         logits = self.decode(z, labels)
+        if self.ar is not None:  # the same shift for every z: x's own drawn neighbours
+            logits = logits + self.ar(x.view(len(x), *self.input_shape)).flatten(1)
         target = x.expand_as(logits)
         return -F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
 
@@ -224,7 +257,7 @@ class VAE(GenerativeModel):
         x = batch["x"].flatten(1).to(self.decoder[0].weight.dtype)
         labels = conditional.training_labels(self, batch) if self.num_labels else None
         elbo, kl = self._elbo(x, None, labels)
-        loss = -elbo.mean()
+        loss = -elbo.mean() + (self.config.kl_weight - 1.0) * kl.mean()
         return {"loss": loss, "elbo": elbo.mean().detach(), "kl": kl.mean().detach()}
 
     def _elbo(
@@ -319,9 +352,12 @@ class VAE(GenerativeModel):
         device = next(self.parameters()).device
         dtype = self.decoder[0].weight.dtype
         z = torch.randn((n, self.config.latent_dim), generator=generator, dtype=dtype).to(device)
-        p = torch.sigmoid(self.decode(z, labels))
-        u = torch.rand(p.shape, generator=generator).to(device)
-        return (u < p).float().view(n, *self.input_shape)
+        logits = self.decode(z, labels)
+        u = torch.rand(logits.shape, generator=generator).to(device)
+        if self.ar is not None:
+            shape = (n, *self.input_shape)
+            return self.ar.sample(logits.view(shape), u.view(shape)).float()
+        return (u < torch.sigmoid(logits)).float().view(n, *self.input_shape)
 
     def embed(self, x: Tensor) -> Tensor:
         return self.encode(self.check_input(x))[0]
