@@ -61,6 +61,14 @@ accuracy per CPU-second is what matters for the short CPU runs here. Fakes in tr
 real batch's labels (so D sees one class histogram); ``sample`` without a condition draws y
 uniformly. No likelihood; a conditional GAN does not offer ``impute`` (the inpainting searches z
 alone).
+
+``projection=True`` (with ``aux_weight=0``: the projection discriminator of Miyato & Koyama 2018,
+https://arxiv.org/abs/1802.05637): D's real/fake logit for (x, y) is the shared logit plus the
+class-y logit, psi(phi(x)) + v_y . phi(x) + b_y, i.e. D's K class logits serve as the label
+embedding's inner products with D's features; D and G play the ordinary adversarial game on that
+logit, so D compares (image, label) pairs and G is pushed to match each class's distribution
+rather than to make images a classifier reads as the class. ``aux_weight > 0`` adds AC-GAN's
+class loss on top (a hybrid).
 """
 
 from __future__ import annotations
@@ -107,6 +115,7 @@ class GANConfig(BaseConfig):
     conditional: bool = False  # AC-GAN, G(z, y): see genmodels.conditional
     num_classes: int = 10
     aux_weight: float = 1.0  # AC-GAN's class cross-entropy weight, in both phases
+    projection: bool = False  # conditional D's real/fake logit projected on the label (Miyato)
 
 
 def generator_loss(fake_logits: Tensor, kind: GeneratorLoss = "non_saturating") -> Tensor:
@@ -372,26 +381,34 @@ class GAN(GenerativeModel):
         """AC-GAN's two phases: the adversarial losses on D's real/fake logit plus
         ``aux_weight`` x the class cross-entropy (D: real images; G: its fakes)."""
         w = self.config.aux_weight
+
+        def real_fake(out: Tensor) -> Tensor:  # D's real/fake logit for (x, its label)
+            if not self.config.projection:
+                return out[:, 0]
+            return out[:, 0] + out.gather(1, 1 + labels[:, None].to(out.device))[:, 0]
+
         if phase == "discriminator":
             real = self.dequantize(x.to(next(self.discriminator.parameters()).dtype))
             with torch.no_grad():  # no gradient to G in D's phase
                 fake = self._fakes(len(x), labels)
             real_out, fake_out = self.discriminator_outputs(real), self.discriminator_outputs(fake)
-            adv = discriminator_loss(real_out[:, 0], fake_out[:, 0], self.config.label_smoothing)
+            adv = discriminator_loss(
+                real_fake(real_out), real_fake(fake_out), self.config.label_smoothing
+            )
             aux = F.cross_entropy(real_out[:, 1:], labels)
             return {
                 "loss": adv + w * aux,
-                "d_real": torch.sigmoid(real_out[:, 0]).mean().detach(),
-                "d_fake": torch.sigmoid(fake_out[:, 0]).mean().detach(),
+                "d_real": torch.sigmoid(real_fake(real_out)).mean().detach(),
+                "d_fake": torch.sigmoid(real_fake(fake_out)).mean().detach(),
                 "d_class_nll": aux.detach(),
                 "d_class_acc": (real_out[:, 1:].argmax(1) == labels).float().mean(),
             }
         out = self.discriminator_outputs(self._fakes(len(x), labels))
-        adv = generator_loss(out[:, 0], self.config.generator_loss)
+        adv = generator_loss(real_fake(out), self.config.generator_loss)
         aux = F.cross_entropy(out[:, 1:], labels)
         return {
             "loss": adv + w * aux,
-            "d_fake": torch.sigmoid(out[:, 0]).mean().detach(),
+            "d_fake": torch.sigmoid(real_fake(out)).mean().detach(),
             "g_class_nll": aux.detach(),
         }
 
