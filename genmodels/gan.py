@@ -392,23 +392,23 @@ class GAN(GenerativeModel):
             with torch.no_grad():  # no gradient to G in D's phase
                 fake = self._fakes(len(x), labels)
             real_out, fake_out = self.discriminator_outputs(real), self.discriminator_outputs(fake)
-            adv = discriminator_loss(
-                real_fake(real_out), real_fake(fake_out), self.config.label_smoothing
-            )
+            real_logit, fake_logit = real_fake(real_out), real_fake(fake_out)
+            adv = discriminator_loss(real_logit, fake_logit, self.config.label_smoothing)
             aux = F.cross_entropy(real_out[:, 1:], labels)
             return {
                 "loss": adv + w * aux,
-                "d_real": torch.sigmoid(real_fake(real_out)).mean().detach(),
-                "d_fake": torch.sigmoid(real_fake(fake_out)).mean().detach(),
+                "d_real": torch.sigmoid(real_logit).mean().detach(),
+                "d_fake": torch.sigmoid(fake_logit).mean().detach(),
                 "d_class_nll": aux.detach(),
                 "d_class_acc": (real_out[:, 1:].argmax(1) == labels).float().mean(),
             }
         out = self.discriminator_outputs(self._fakes(len(x), labels))
-        adv = generator_loss(real_fake(out), self.config.generator_loss)
+        fake_logit = real_fake(out)
+        adv = generator_loss(fake_logit, self.config.generator_loss)
         aux = F.cross_entropy(out[:, 1:], labels)
         return {
             "loss": adv + w * aux,
-            "d_fake": torch.sigmoid(real_fake(out)).mean().detach(),
+            "d_fake": torch.sigmoid(fake_logit).mean().detach(),
             "g_class_nll": aux.detach(),
         }
 

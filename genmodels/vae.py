@@ -112,9 +112,7 @@ class VAEConfig(BaseConfig):
     impute_prior_mix: float = 0.2
     lr: float = 1e-3
     kl_weight: float = 1.0  # beta: the training loss is -(log p(x|z) - beta KL); see the docstring
-    ar_kernel: int = (
-        0  # a local autoregressive decoder head (k x k, odd >= 3); 0: independent pixels
-    )
+    ar_kernel: int = 0  # a local autoregressive decoder head (k x k, odd >= 3); 0: none
     conditional: bool = False  # a CVAE, p(x | y): see genmodels.conditional
     num_classes: int = 10
 
