@@ -116,6 +116,36 @@ def test_likelihood_is_labelled_and_training_needs_captions():
         model({"x": x[:3], "caption": model.tokenizer.encode(["1 left of 2"] * 4)})
 
 
+def test_kl_weight_scales_the_charged_kl_not_the_reported_bound():
+    """Without free bits, loss = -elbo + (beta - 1) KL while the reported elbo stays the bound
+    (beta = 1: the control, loss = -elbo); with free bits beta scales the charged KL only."""
+    x = torch.bernoulli(torch.full((4, *SHAPE), 0.3), generator=torch.Generator().manual_seed(0))
+    ids = Tokenizer().encode(["1 left of 2"] * 4)
+    outs = {}
+    for beta in (1.0, 3.0):
+        model = build(free_bits=0.0, kl_weight=beta).train()
+        torch.manual_seed(1)  # the same caption dropout and the same z
+        outs[beta] = model({"x": x, "caption": ids})
+    for beta, out in outs.items():
+        assert out["loss"].item() == pytest.approx(
+            -out["elbo"].item() + (beta - 1.0) * out["kl"].item(), rel=1e-5
+        )
+    assert outs[3.0]["elbo"].item() == pytest.approx(outs[1.0]["elbo"].item(), rel=1e-6)
+    assert outs[3.0]["loss"].item() > outs[1.0]["loss"].item() + outs[1.0]["kl"].item()
+    free = {beta: build(free_bits=50.0, kl_weight=beta).train() for beta in (1.0, 3.0)}
+    losses = {}
+    for beta, model in free.items():
+        torch.manual_seed(1)
+        losses[beta] = model({"x": x, "caption": ids})
+    latent = TINY["latent_dim"]
+    for beta, out in losses.items():  # every dimension's KL is under 50 nats: charged = 50 each
+        log_px = out["elbo"].item() + out["kl"].item()
+        assert out["loss"].item() == pytest.approx(-log_px + beta * 50.0 * latent, rel=1e-5)
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match=r"captionvae: .*kl_weight"):
+            build(kl_weight=bad)
+
+
 def test_local_autoregressive_head_normalises_and_matches_the_sampler():
     """p(x | z, c) with the causal head sums to one over every state of a tiny image (a leaky,
     unmasked head does not: the control), and the raster sampler draws exactly the pixels the
