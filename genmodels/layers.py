@@ -180,3 +180,18 @@ def adam_per_phase(model, weight_decay: float | None = None) -> dict[str, torch.
         )
         for phase in model.phases
     }
+
+
+def random_shift(x: Tensor, k: int) -> Tensor:
+    """Each image of ``x`` ``(B, C, H, W)`` translated by its own (dy, dx), each uniform on
+    -k..k, with zeros shifted in (no wrap-around): a data augmentation for training (the global
+    RNG draws the offsets, as any training noise). ``k = 0`` returns ``x``."""
+    if k == 0:
+        return x
+    b, c, h, w = x.shape
+    padded = F.pad(x, (k, k, k, k))  # (B, C, H + 2k, W + 2k)
+    dy, dx = torch.randint(0, 2 * k + 1, (2, b), device=x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    padded = padded.gather(2, rows.expand(b, c, h, w + 2 * k))  # (B, C, H, W + 2k)
+    return padded.gather(3, cols.expand(b, c, h, w))

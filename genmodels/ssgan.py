@@ -33,6 +33,13 @@ Choices here (the paper's MNIST recipe as the default config):
   updated at the start of every generator phase, i.e. after each D step, with decay
   min(``ema_decay``, (1 + n) / (10 + n)) after n updates (so early averages are not dominated by
   the initial weights). ``classify`` and ``embed`` use the averaged D, in eval mode (no noise).
+* ``shift`` (default 0, the paper's recipe): in training, every real image D sees (labelled or
+  not, in both phases) is translated by its own random offset of up to ``shift`` pixels in each
+  direction, zeros shifted in (``genmodels.layers.random_shift``); fakes are not. Not in the
+  paper. Why: the bundled MNIST has 4,000 train digits, not 60,000, and on them the paper's
+  recipe plateaued: with 100 labels (a dev label draw, validation accuracy as a monitor only, lr
+  constant) it stayed at 0.75-0.88 from 400 to 1,500 CPU-s (3,000-12,000 steps); with
+  ``shift=2`` the same run read 0.83, 0.86, 0.88, 0.93 at 100-400 CPU-s.
 
 ``classify(x)`` → ``(B, K)`` log p(y | x, real): the log-softmax of the K real logits (the fake
 class excluded and the rest renormalised). ``embed`` = the averaged D's last hidden layer. There
@@ -52,7 +59,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .base import BaseConfig, Condition, GenerativeModel, SearchSpec, register
-from .layers import adam_per_phase
+from .layers import adam_per_phase, random_shift
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,7 @@ class SSGANConfig(BaseConfig):
     ema_decay: float = 0.999
     beta1: float = 0.5
     lr: float = 3e-3
+    shift: int = 0  # real images randomly translated by up to this many pixels (training only)
 
 
 def discriminator_loss(
@@ -190,6 +198,12 @@ class SSGAN(GenerativeModel):
             )
         if not 0.0 <= config.ema_decay < 1.0 or not 0.0 <= config.beta1 < 1.0:
             raise ValueError("ssgan: ema_decay and beta1 must be in [0, 1)")
+        if config.shift < 0:
+            raise ValueError(f"ssgan: shift must be >= 0, got {config.shift}")
+        if config.shift and len(self.input_shape) != 3:
+            raise ValueError(
+                f"ssgan: shift needs image inputs (C, H, W), got input_shape {self.input_shape}"
+            )
         d = self.num_dims
         self.generator = mlp_generator(config.latent_dim, config.gen_hidden, d)
         self.discriminator = NoisyDiscriminator(
@@ -256,7 +270,10 @@ class SSGAN(GenerativeModel):
         self, batch: Mapping[str, Tensor], phase: str = "discriminator"
     ) -> dict[str, Tensor]:
         like = self.discriminator.out.v
-        x = batch["x"].to(like.dtype).flatten(1)
+        x = batch["x"].to(like.dtype)
+        if self.config.shift and self.training:  # a fresh translation per row and phase
+            x = random_shift(x.reshape(len(x), *self.input_shape), self.config.shift)
+        x = x.flatten(1)
         if phase == "discriminator":
             y = self._labels(batch, len(x), x.device)
             with torch.no_grad():  # no gradient to G in D's phase

@@ -173,3 +173,50 @@ def test_few_labels_classify_far_above_chance_and_uninformative_labels_do_not():
     # labelled 0, half 1) teach nothing about the class.
     noise = train_few_labels(torch.tensor([0, 1, 0, 1, 0, 1, 0, 1]))
     assert 0.3 < noise < 0.7, noise
+
+
+# ------------------------------------------------------------------------ shift augmentation
+def is_a_shift(out: torch.Tensor, x: torch.Tensor, k: int) -> tuple[int, int] | None:
+    """The (dy, dx) in 0..2k with ``out`` = zero-padded ``x`` cropped there, or None."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (k, k, k, k))
+    for dy in range(2 * k + 1):
+        for dx in range(2 * k + 1):
+            if torch.equal(padded[..., dy : dy + h, dx : dx + w], out):
+                return dy, dx
+    return None
+
+
+def test_random_shift_translates_each_image_with_zeros_shifted_in():
+    from genmodels.layers import random_shift
+
+    x = torch.rand(400, 2, 5, 7) + 0.1  # no zero pixel: a wrapped-in value is never 0
+    assert random_shift(x, 0) is x
+    torch.manual_seed(0)
+    out = random_shift(x, 2)
+    offsets = [is_a_shift(out[i], x[i], 2) for i in range(len(x))]
+    assert None not in offsets
+    assert len(set(offsets)) == 25  # every offset in -2..2 x -2..2 is drawn
+    # controls: a wrap-around shift, and a shift farther than k, are not such translations
+    assert is_a_shift(torch.roll(x[0], 1, dims=-1), x[0], 2) is None
+    assert is_a_shift(F.pad(x[0], (0, 0, 3, 0))[..., :5, :], x[0], 2) is None
+
+
+def test_shift_moves_the_real_images_d_sees_in_training_only():
+    shape = (1, 6, 6)
+    x = binary(8, shape)
+    seen = []
+    for shift, train in ((2, True), (0, True), (2, False)):
+        model = build(shape, shift=shift).train(train)
+        hook = model.discriminator.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+        torch.manual_seed(3)
+        model({"x": x}, phase="discriminator")
+        hook.remove()
+    shifted, plain, evaluated = (seen[i][: len(x)].view(len(x), *shape) for i in (0, 2, 4))
+    assert all(is_a_shift(shifted[i], x[i], 2) is not None for i in range(len(x)))
+    assert not torch.equal(shifted, x)  # control: they moved ...
+    assert torch.equal(plain, x) and torch.equal(evaluated, x)  # ... and not without shift
+    with pytest.raises(ValueError, match="shift must be >= 0"):
+        build(shape, shift=-1)
+    with pytest.raises(ValueError, match=r"shift needs image inputs \(C, H, W\)"):
+        build((6,), shift=1)
