@@ -75,6 +75,7 @@ ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 ROWS = RESULTS / "semisupervised"
 
+DEV_SEED_OFFSET = 1000  # --dev draw d uses seed 1000 * --seed + 1000 + d
 M2_CONFIG = {"latent_dim": 50, "hidden_sizes": (500,), "lr": 1e-3}
 
 # method -> (family, config overrides, uses unlabelled data, baseline)
@@ -131,16 +132,17 @@ def train_run(
     budget: float,
     args,
 ) -> dict:
-    """Train one run for ``budget`` CPU-seconds; its final weights classify the test split."""
+    """Train one run for ``budget`` CPU-seconds; its final weights classify the test split (the
+    validation split with ``--dev``)."""
     base = SUPERVISED.get(method, method)
     x_train, y_train = (torch.from_numpy(a) for a in data.numpy("train"))
-    x_test, y_test = (torch.from_numpy(a) for a in data.numpy("test"))
+    x_test, y_test = (torch.from_numpy(a) for a in data.numpy(args.split))
     family, config, use_unlabelled = config_for(base, len(y_train), args)
     if method in SUPERVISED:
         labelled = np.arange(len(y_train))
     else:
-        labelled = draw_labelled(y_train.numpy(), n_labels, seed=1000 * args.seed + draw)
-    seed = 1000 * args.seed + draw
+        labelled = draw_labelled(y_train.numpy(), n_labels, seed=draw_seed(args, draw))
+    seed = draw_seed(args, draw)
     torch.manual_seed(seed)
     model = genmodels.build(family, data.input_shape, data.levels, **config)
     opt = model.configure_optimizers()
@@ -188,9 +190,10 @@ def train_run(
         "labels": len(labelled),
         "draw": draw,
         "labelled_rows_sha": hash_rows(labelled),
-        "test_accuracy": acc,
-        "test_error": 1.0 - acc,
-        "test_nll": nll,
+        "split": args.split,
+        f"{args.split}_accuracy": acc,
+        f"{args.split}_error": 1.0 - acc,
+        f"{args.split}_nll": nll,
         "steps": steps,
         "train_cpu_seconds": round(cpu, 1),
         "train_wall_seconds": round(time.monotonic() - wall0, 1),
@@ -203,41 +206,56 @@ def train_run(
     }
 
 
+def draw_seed(args, draw: int) -> int:
+    """The seed of a draw's labels and training: ``--dev`` draws are disjoint from the test ones."""
+    return 1000 * args.seed + draw + (DEV_SEED_OFFSET if args.split == "validation" else 0)
+
+
 def hash_rows(rows: np.ndarray) -> str:
     import hashlib
 
     return hashlib.sha256(np.asarray(rows, np.int64).tobytes()).hexdigest()[:16]
 
 
-def write_tables(meta: dict, results: Path = RESULTS) -> dict:
-    runs = [json.loads(f.read_text()) for f in sorted((results / ROWS.name).glob("*.json"))]
+def write_tables(meta: dict, results: Path = RESULTS, dev: bool = False) -> dict:
+    """Merge the rows into ``semisupervised.{json,md}`` (test) or ``semisupervised-dev.md``
+    (``--dev``: validation accuracy, grouped by budget as well, for choosing the schedule)."""
+    name = ROWS.name + ("-dev" if dev else "")
+    runs = [json.loads(f.read_text()) for f in sorted((results / name).glob("*.json"))]
     summary: dict[str, dict] = {}
     for r in runs:
-        key = f"{r['method']}@{r['labels']}"
+        key = f"{r['method']}@{r['labels']}" + (f"@{r['budget_cpu_seconds']:g}" if dev else "")
         summary.setdefault(key, {"method": r["method"], "labels": r["labels"], "runs": []})
         summary[key]["runs"].append(r)
     for s in summary.values():
-        accs = [r["test_accuracy"] for r in s["runs"]]
+        accs = [r[f"{'validation' if dev else 'test'}_accuracy"] for r in s["runs"]]
         s["mean_accuracy"] = statistics.fmean(accs)
         s["sd_accuracy"] = statistics.stdev(accs) if len(accs) > 1 else float("nan")
         s["draws"] = len(accs)
         s["mean_steps"] = statistics.fmean(r["steps"] for r in s["runs"])
         s["budget_cpu_seconds"] = s["runs"][0]["budget_cpu_seconds"]
-    (results / "semisupervised.json").write_text(
-        json.dumps({"meta": meta, "summary": summary}, indent=1)
-    )
+    split = "validation" if dev else "test"
+    if not dev:
+        (results / "semisupervised.json").write_text(
+            json.dumps({"meta": meta, "summary": summary}, indent=1)
+        )
     lines = [
-        "# Semi-supervised classification: few labels on the bundled MNIST",
+        "# Semi-supervised classification: few labels on the bundled MNIST"
+        + (" (dev runs: validation split, dev label draws)" if dev else ""),
         "",
-        "Test accuracy (500 digits) of the FINAL weights after a fixed CPU budget per run (no",
+        f"{split.capitalize()} accuracy (500 digits) of the FINAL weights after a fixed CPU "
+        "budget per run (no",
         "selection on validation or test), mean ± sd over label draws. Written by",
         "`benchmarks/semisupervised.py`; the method is in its docstring.",
         "",
-        "| method | train labels | test accuracy | draws | steps (mean) | CPU-s / run |",
+        f"| method | train labels | {split} accuracy | draws | steps (mean) | CPU-s / run |",
         "|---|---|---|---|---|---|",
     ]
     order = [*METHODS, *SUPERVISED]
-    for s in sorted(summary.values(), key=lambda s: (s["labels"], order.index(s["method"]))):
+    for s in sorted(
+        summary.values(),
+        key=lambda s: (s["labels"], order.index(s["method"]), s["budget_cpu_seconds"]),
+    ):
         sd = "" if s["draws"] < 2 else f" ± {100 * s['sd_accuracy']:.1f}"
         lines.append(
             f"| {s['method']} | {s['labels']} | {100 * s['mean_accuracy']:.1f}%{sd} | "
@@ -252,7 +270,7 @@ def write_tables(meta: dict, results: Path = RESULTS) -> dict:
         "100 labels): K+1 GAN with feature matching 0.93% error (Salimans et al. 2016); "
         "M2 11.97% error, M1+M2 3.33% (Kingma et al. 2014).",
     ]
-    (results / "semisupervised.md").write_text("\n".join(lines) + "\n")
+    (results / f"{name}.md").write_text("\n".join(lines) + "\n")
     return summary
 
 
@@ -275,8 +293,14 @@ def main() -> None:
     ap.add_argument("--note", default="", help="free text added to the table's settings line")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--table", action="store_true", help="only rewrite the tables from the rows")
+    ap.add_argument(
+        "--dev",
+        action="store_true",
+        help="score the validation split, dev label draws (seed + 1000): for choosing schedules",
+    )
     ap.add_argument("--results", type=Path, default=RESULTS, help="where rows and tables go")
     args = ap.parse_args()
+    args.split = "validation" if args.dev else "test"
     torch.set_num_threads(args.threads)
     methods = args.method or [*METHODS, *SUPERVISED]
     settings = args.labels or [100, 1000]
@@ -301,7 +325,7 @@ def main() -> None:
             f"labelled row. {args.note}"
         ).strip(),
     }
-    rows_dir = args.results / ROWS.name
+    rows_dir = args.results / (ROWS.name + ("-dev" if args.dev else ""))
     rows_dir.mkdir(parents=True, exist_ok=True)
     if not args.table:
         for method in methods:
@@ -313,13 +337,15 @@ def main() -> None:
             for n, d in runs:
                 budget = args.budget if METHODS.get(method, (0, 0, False))[2] else baseline_budget
                 row = train_run(method, n, d, data, budget, args)
-                (rows_dir / f"{method}-{n}-{d}.json").write_text(json.dumps(row))
+                stem = f"{method}-{n}-{d}" + (f"-{budget:g}s" if args.dev else "")
+                (rows_dir / f"{stem}.json").write_text(json.dumps(row))
                 print(
-                    f"{method} labels={n} draw={d}: test accuracy {100 * row['test_accuracy']:.1f}% "
+                    f"{method} labels={n} draw={d}: {args.split} accuracy "
+                    f"{100 * row[f'{args.split}_accuracy']:.1f}% "
                     f"({row['steps']} steps, {row['train_cpu_seconds']} CPU-s)",
                     flush=True,
                 )
-    summary = write_tables(meta, args.results)
+    summary = write_tables(meta, args.results, dev=args.dev)
     for s in summary.values():
         print(f"{s['method']}@{s['labels']}: {100 * s['mean_accuracy']:.1f}% over {s['draws']}")
 
