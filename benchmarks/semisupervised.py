@@ -41,6 +41,8 @@ Rows (the classifier architecture is the family's own, the code path the same):
 * ``m2vae``: M2 with Kingma's alpha (below);
 * ``m2vae-labels-only``: the same model on labelled batches alone: q(y|x) then learns from the
   alpha-weighted cross-entropy only (the labelled ELBO does not reach it);
+* ``m2vae-shift2`` and ``m2vae-shift2-labels-only``: the same two with ``shift = 2`` (every
+  training digit translated, as for ssgan; ``genmodels.m2vae``);
 * ``*-supervised``: the same labels-only training on all 4,000 train labels (the ceiling), one
   run each (``--baseline-budget``).
 
@@ -86,11 +88,14 @@ METHODS: dict[str, tuple[str, dict, bool]] = {
     "ssgan-shift2-labels-only": ("ssgan", {"shift": 2, "unsupervised_weight": 0.0}, False),
     "m2vae": ("m2vae", M2_CONFIG, True),
     "m2vae-labels-only": ("m2vae", M2_CONFIG, False),
+    "m2vae-shift2": ("m2vae", {**M2_CONFIG, "shift": 2}, True),
+    "m2vae-shift2-labels-only": ("m2vae", {**M2_CONFIG, "shift": 2}, False),
 }
 SUPERVISED = {
     "ssgan-supervised": "ssgan-labels-only",
     "ssgan-shift2-supervised": "ssgan-shift2-labels-only",
     "m2vae-supervised": "m2vae-labels-only",
+    "m2vae-shift2-supervised": "m2vae-shift2-labels-only",
 }
 
 

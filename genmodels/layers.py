@@ -182,6 +182,16 @@ def adam_per_phase(model, weight_decay: float | None = None) -> dict[str, torch.
     }
 
 
+def check_shift(family: str, k: int, input_shape: tuple[int, ...]) -> None:
+    """Refuse a ``shift`` config a family cannot use: negative, or on non-image inputs."""
+    if k < 0:
+        raise ValueError(f"{family}: shift must be >= 0, got {k}")
+    if k and len(input_shape) != 3:
+        raise ValueError(
+            f"{family}: shift needs image inputs (C, H, W), got input_shape {input_shape}"
+        )
+
+
 def random_shift(x: Tensor, k: int) -> Tensor:
     """Each image of ``x`` ``(B, C, H, W)`` translated by its own (dy, dx), each uniform on
     -k..k, with zeros shifted in (no wrap-around): a data augmentation for training (the global

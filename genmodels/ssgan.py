@@ -59,7 +59,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .base import BaseConfig, Condition, GenerativeModel, SearchSpec, register
-from .layers import adam_per_phase, random_shift
+from .layers import adam_per_phase, check_shift, random_shift
 
 
 @dataclass(frozen=True)
@@ -198,12 +198,7 @@ class SSGAN(GenerativeModel):
             )
         if not 0.0 <= config.ema_decay < 1.0 or not 0.0 <= config.beta1 < 1.0:
             raise ValueError("ssgan: ema_decay and beta1 must be in [0, 1)")
-        if config.shift < 0:
-            raise ValueError(f"ssgan: shift must be >= 0, got {config.shift}")
-        if config.shift and len(self.input_shape) != 3:
-            raise ValueError(
-                f"ssgan: shift needs image inputs (C, H, W), got input_shape {self.input_shape}"
-            )
+        check_shift("ssgan", config.shift, self.input_shape)
         d = self.num_dims
         self.generator = mlp_generator(config.latent_dim, config.gen_hidden, d)
         self.discriminator = NoisyDiscriminator(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import torch
+import torch.nn.functional as F
 
 
 def binary_states(shape: tuple[int, ...]) -> torch.Tensor:
@@ -50,3 +51,14 @@ def assert_training_fits_toy_data(model, steps: int = 200) -> None:
         after = -model.log_prob(x).mean().item()
     # uniform = 8 ln 2 ≈ 5.5 nats; the data's entropy ≈ ln 2 + 8 H(0.05) ≈ 2.3 nats
     assert before > 4.5 and after < 3.2, (before, after)
+
+
+def is_a_shift(out: torch.Tensor, x: torch.Tensor, k: int) -> tuple[int, int] | None:
+    """The (dy, dx) in 0..2k with ``out`` = zero-padded ``x`` cropped there, or None."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (k, k, k, k))
+    for dy in range(2 * k + 1):
+        for dx in range(2 * k + 1):
+            if torch.equal(padded[..., dy : dy + h, dx : dx + w], out):
+                return dy, dx
+    return None

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import genmodels
 from genmodels.m2vae import M2VAE
-from tests.genmodels.checks import binary_states
+from tests.genmodels.checks import binary_states, is_a_shift
 
 
 def build(d: int = 6, seed: int = 0, **config) -> M2VAE:
@@ -227,3 +227,37 @@ def test_few_labels_classify_far_above_chance_and_uninformative_labels_do_not():
     # labelled 0, half 1) teach nothing about the class.
     noise = train_few_labels(torch.tensor([0, 1, 0, 1, 0, 1, 0, 1]))
     assert 0.3 < noise < 0.7, noise
+
+
+def test_shift_translates_the_training_digits_every_network_sees_in_training_only():
+    shape = (1, 6, 6)
+    x = torch.bernoulli(torch.full((8, *shape), 0.4), generator=torch.Generator().manual_seed(1))
+    batch = {"x": x, "y": torch.tensor([0, 1, 2, -1, -1, -1, -1, -1])}
+    seen: list[torch.Tensor] = []  # what the classifier, then the encoder, take in
+    for shift, train in ((2, True), (0, True), (2, False)):
+        torch.manual_seed(0)
+        model = genmodels.build(
+            "m2vae", input_shape=shape, num_classes=3, latent_dim=2, hidden_sizes=(8,), shift=shift
+        ).train(train)
+        seen.clear()
+        hooks = [
+            net.register_forward_pre_hook(lambda m, a: seen.append(a[0][..., :36]))
+            for net in (model.classifier, model.encoder)
+        ]
+        torch.manual_seed(3)
+        model(batch)
+        for h in hooks:
+            h.remove()
+        classified = seen[0].view(len(x), *shape)
+        if shift and train:
+            assert all(is_a_shift(classified[i], x[i], 2) is not None for i in range(len(x)))
+            assert not torch.equal(classified, x)  # control: they moved
+            # the encoder sees the same translated digits (unlabelled rows once per class)
+            assert all(torch.equal(u, seen[0][3:]) for u in seen[1])  # (K, 5, 36)
+            assert torch.equal(seen[2], seen[0][:3])
+        else:
+            assert torch.equal(classified, x)  # shift 0, or evaluation: the digits as they are
+    with pytest.raises(ValueError, match="shift must be >= 0"):
+        genmodels.build("m2vae", input_shape=shape, shift=-1)
+    with pytest.raises(ValueError, match=r"shift needs image inputs \(C, H, W\)"):
+        genmodels.build("m2vae", input_shape=(6,), shift=1)

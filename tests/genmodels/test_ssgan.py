@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import genmodels
 from genmodels.ssgan import SSGAN, discriminator_loss, feature_matching_loss
+from tests.genmodels.checks import is_a_shift
 
 TINY = {"latent_dim": 4, "gen_hidden": (8,), "disc_hidden": (8, 8)}
 
@@ -176,17 +177,6 @@ def test_few_labels_classify_far_above_chance_and_uninformative_labels_do_not():
 
 
 # ------------------------------------------------------------------------ shift augmentation
-def is_a_shift(out: torch.Tensor, x: torch.Tensor, k: int) -> tuple[int, int] | None:
-    """The (dy, dx) in 0..2k with ``out`` = zero-padded ``x`` cropped there, or None."""
-    h, w = x.shape[-2:]
-    padded = F.pad(x, (k, k, k, k))
-    for dy in range(2 * k + 1):
-        for dx in range(2 * k + 1):
-            if torch.equal(padded[..., dy : dy + h, dx : dx + w], out):
-                return dy, dx
-    return None
-
-
 def test_random_shift_translates_each_image_with_zeros_shifted_in():
     from genmodels.layers import random_shift
 
