@@ -137,10 +137,22 @@ def column_dataset(columns: dict[str, np.ndarray], dtypes: dict[str, str]) -> ra
         )
         for r in chunks
     ]
-    ds = ray.data.from_arrow(tables)
-    ds.context.execution_options.preserve_order = True
+    ds = _arrow_dataset(tables)
     cast = functools.partial(_cast_columns, dtypes=dict(dtypes))
     return ds.map_batches(cast, batch_size=None, batch_format="numpy", num_cpus=0.25)
+
+
+def _arrow_dataset(tables: list[pa.Table]) -> ray.data.Dataset:
+    """A Ray Dataset of these Arrow tables, one block each, in order.
+
+    ``ray.data.from_blocks``, not ``from_arrow``: it computes each block's metadata here, where
+    ``from_arrow`` runs a remote task per table (one CPU each, retried forever) and waits for
+    them. Beside training workers or Serve replicas that hold every CPU, those tasks never
+    schedule and the build hangs with nothing to bound it (seen in the suite); here nothing
+    waits on the scheduler until the dataset is read."""
+    ds = ray.data.from_blocks(tables)
+    ds.context.execution_options.preserve_order = True
+    return ds
 
 
 def _cast_columns(batch: dict, dtypes: dict[str, str]) -> dict:
@@ -617,8 +629,7 @@ def _to_ray(raw: np.ndarray, y: np.ndarray, rows: np.ndarray, how: str, raw_leve
     tables = [
         pa.table({"x": ArrowTensorArray.from_numpy(raw[r]), "y": y[r], "row": r}) for r in chunks
     ]
-    ds = ray.data.from_arrow(tables)
-    ds.context.execution_options.preserve_order = True
+    ds = _arrow_dataset(tables)
     fn = functools.partial(_preprocess, how=how, raw_levels=raw_levels, seed=seed)
     # A small CPU share: training workers hold most CPUs on small machines and Ray Data must
     # still be able to schedule its preprocessing tasks beside them (see pipelines.train).

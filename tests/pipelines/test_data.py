@@ -331,3 +331,49 @@ def test_clear_errors(tmp_path):
     )
     with pytest.raises(ValueError, match="header says shape"):
         load_dataset(str(tmp_path / "x-images-idx3-ubyte"))
+
+
+def test_building_a_dataset_does_not_wait_for_a_free_cpu(ray_ctx):
+    """Actors that hold every CPU (training workers, Serve replicas) must not stall the build of a
+    dataset: ``column_dataset`` computes block metadata on the driver. Control: Ray's
+    ``from_arrow`` of the same tables runs a task per table and waits for a CPU."""
+    import threading
+
+    from pipelines.data import column_dataset
+
+    ray = ray_ctx
+
+    @ray.remote
+    class Holder:
+        def ping(self) -> int:
+            return 1
+
+    free = ray.available_resources().get("CPU", 0.0)
+    holder = Holder.options(num_cpus=free).remote() if free > 0 else None
+    if holder is not None:
+        assert ray.get(holder.ping.remote(), timeout=120) == 1
+    columns = {"x": np.arange(24, dtype=np.uint8).reshape(6, 2, 2), "y": np.arange(6)}
+    control: dict = {}
+    try:
+        built: dict = {}
+        thread = threading.Thread(
+            target=lambda: built.update(ds=column_dataset(columns, {"x": "float32"})), daemon=True
+        )
+        thread.start()
+        thread.join(timeout=60)
+        assert "ds" in built, "column_dataset waited for a free CPU"
+        tables = [pa.table({"y": np.arange(3)})]
+        waiting = threading.Thread(
+            target=lambda: control.update(ds=ray.data.from_arrow(tables)), daemon=True
+        )
+        waiting.start()
+        waiting.join(timeout=5)
+        assert "ds" not in control, "control: from_arrow did not wait; the test proves nothing"
+    finally:
+        if holder is not None:
+            ray.kill(holder)
+    waiting.join(timeout=120)  # the CPU is free again: the control's task runs and it returns
+    assert "ds" in control
+    rows = built["ds"].take_all()
+    assert [int(r["y"]) for r in rows] == list(range(6))
+    assert np.array_equal(np.stack([r["x"] for r in rows]), columns["x"].astype(np.float32))
