@@ -6,8 +6,8 @@ Ray). A setting keeps ``L`` train labels (``--labels``: 100 and 1,000, i.e. 10 a
 drawn stratified with the draw's seed) and hides the rest (y = -1); every train digit is
 unlabelled data. Each run trains in this process with the generic loop of the families (every
 phase the family declares, its own optimisers) for a fixed budget of CPU-seconds (one thread,
-this process; below), then the FINAL weights classify the 500 test digits once (``classify``, argmax): no
-selection on validation or test. Mean ± sd over ``--draws`` (5) label draws.
+this process; below), then the FINAL weights classify the 500 test digits once (``classify``,
+argmax): no selection on validation or test. Mean ± sd over ``--draws`` (5) label draws.
 
 A training step's batch is Salimans et al.'s: ``--unlabelled-batch`` (100) digits drawn from the
 whole train split with their labels hidden, plus ``--labelled-batch`` (100) labelled digits cycled
@@ -241,6 +241,11 @@ def draw_seed(args, draw: int) -> int:
     return 1000 * args.seed + draw + (DEV_SEED_OFFSET if args.split == "validation" else 0)
 
 
+def rows_name(dev: bool) -> str:
+    """The folder (under ``--results``) of the test rows, or of the ``--dev`` rows."""
+    return ROWS.name + ("-dev" if dev else "")
+
+
 def hash_rows(rows: np.ndarray) -> str:
     import hashlib
 
@@ -250,7 +255,7 @@ def hash_rows(rows: np.ndarray) -> str:
 def write_tables(meta: dict, results: Path = RESULTS, dev: bool = False) -> dict:
     """Merge the rows into ``semisupervised.{json,md}`` (test) or ``semisupervised-dev.md``
     (``--dev``: validation accuracy, grouped by budget as well, for choosing the schedule)."""
-    name = ROWS.name + ("-dev" if dev else "")
+    name, split = rows_name(dev), "validation" if dev else "test"
     runs = [json.loads(f.read_text()) for f in sorted((results / name).glob("*.json"))]
     summary: dict[str, dict] = {}
     for r in runs:
@@ -258,13 +263,12 @@ def write_tables(meta: dict, results: Path = RESULTS, dev: bool = False) -> dict
         summary.setdefault(key, {"method": r["method"], "labels": r["labels"], "runs": []})
         summary[key]["runs"].append(r)
     for s in summary.values():
-        accs = [r[f"{'validation' if dev else 'test'}_accuracy"] for r in s["runs"]]
+        accs = [r[f"{split}_accuracy"] for r in s["runs"]]
         s["mean_accuracy"] = statistics.fmean(accs)
         s["sd_accuracy"] = statistics.stdev(accs) if len(accs) > 1 else float("nan")
         s["draws"] = len(accs)
         s["mean_steps"] = statistics.fmean(r["steps"] for r in s["runs"])
         s["budget_cpu_seconds"] = s["runs"][0]["budget_cpu_seconds"]
-    split = "validation" if dev else "test"
     if not dev:
         (results / "semisupervised.json").write_text(
             json.dumps({"meta": meta, "summary": summary}, indent=1)
@@ -358,7 +362,7 @@ def main() -> None:
             f"labelled row. {args.note}"
         ).strip(),
     }
-    rows_dir = args.results / (ROWS.name + ("-dev" if args.dev else ""))
+    rows_dir = args.results / rows_name(args.dev)
     rows_dir.mkdir(parents=True, exist_ok=True)
     if not args.table:
         for method in methods:
