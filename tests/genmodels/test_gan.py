@@ -302,6 +302,12 @@ def test_spectral_norm_bounds_every_discriminator_layer(shape):
     normed.eval()
     assert all(abs(s - 1.0) < 0.05 for s in top_singular_values(normed))
     assert not any(abs(s - 1.0) < 0.05 for s in top_singular_values(plain))
+    # a saved model comes back: rebuilt from its exported config, its state loads, D agrees
+    again = genmodels.from_export(normed.export_config())
+    again.load_state_dict(normed.state_dict())
+    again.eval()
+    x = batch(shape)
+    assert torch.equal(again.discriminator_outputs(x), normed.discriminator_outputs(x))
     # and it trains: D's phase reaches D's underlying weights
     normed.train()
     normed({"x": batch(shape)}, phase="discriminator")["loss"].backward()
