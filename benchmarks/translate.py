@@ -113,6 +113,7 @@ def train_run(run: str, budget: float, args) -> dict:
         channels=args.channels,
         domain_a=names[0],
         domain_b=names[1],
+        **dict(args.set or ()),
     )
     opt = model.configure_optimizers()
     lr0 = {p: [g["lr"] for g in o.param_groups] for p, o in opt.items()}
@@ -355,6 +356,17 @@ def picture(runs: dict, base: dict, path: Path) -> None:
     img.save(path)
 
 
+def config_pair(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` → (key, value), the value parsed as JSON where it parses (5, true, 0.5)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", action="append", choices=list(RUNS))
@@ -363,6 +375,14 @@ def main() -> None:
     ap.add_argument("--channels", type=int, default=16, help="U-Net width (families' default 32)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--set",
+        action="append",
+        type=config_pair,
+        metavar="KEY=VALUE",
+        help="a config value of the runs' family (repeatable; VALUE read as JSON, else text)",
+    )
+    ap.add_argument("--tag", default="", help="appended to the rows' file names (-TAG)")
     ap.add_argument("--table", action="store_true", help="only rewrite the table and picture")
     ap.add_argument("--results", type=Path, default=RESULTS)
     args = ap.parse_args()
@@ -378,7 +398,9 @@ def main() -> None:
                 path.write_text(json.dumps(baselines(t, args.seed)))
         for run in args.run or list(RUNS):
             row = train_run(run, args.budget, args)
-            (rows_dir / f"{run}.json").write_text(json.dumps(row))
+            (rows_dir / f"{run}{'-' + args.tag if args.tag else ''}.json").write_text(
+                json.dumps(row)
+            )
             for key, d in row["directions"].items():
                 m = d["test"]
                 print(

@@ -88,6 +88,7 @@ class CycleGANConfig(BaseConfig):
     history: int = 0  # fakes kept per domain for D (the paper's 50); 0 = D sees this step's only
     cycle_draws: bool = False  # cycle through the Bernoulli draws D sees, not the probabilities
     gan_loss: str = "bce"  # "bce" (the GAN log-loss) or "lsgan" (least squares, the paper's)
+    spectral_norm: bool = False  # every weight of D_A and D_B over its largest singular value
     beta1: float = 0.5
     lr: float = 1e-3  # not the paper's 2e-4: see the module docstring
     domain_a: str = "a"
@@ -147,6 +148,11 @@ class CycleGAN(GenerativeModel):
         self.d_a = PatchDiscriminator(c, config.disc_channels)
         self.d_b = PatchDiscriminator(c, config.disc_channels)
         gan_init(self)
+        if config.spectral_norm:
+            for d in (self.d_a, self.d_b):
+                for m in list(d.modules()):
+                    if isinstance(m, nn.Conv2d):
+                        nn.utils.parametrizations.spectral_norm(m)
         # past fakes shown to D (not weights: not in the state dict), one pool per domain
         self._pools: dict[str, Tensor] = {}
 

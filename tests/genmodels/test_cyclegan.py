@@ -83,3 +83,28 @@ def test_lsgan_term():
     assert gan_term(logits, False, "lsgan").item() == pytest.approx((0 + 1 + 4) / 3)
     with pytest.raises(ValueError, match="gan_loss must be one of bce, lsgan"):
         genmodels.build("cyclegan", (1, 6, 6), channels=4, depth=1, gan_loss="wgan")
+
+
+def test_spectral_norm_bounds_both_discriminators_only():
+    """``spectral_norm``: every conv of D_A and D_B has top singular value ~1 after a few power
+    iterations, the generators are untouched; the default D's are not normalised (control)."""
+
+    def tops(net):
+        return [
+            torch.linalg.matrix_norm(m.weight.detach().flatten(1), ord=2).item()
+            for m in net.modules()
+            if isinstance(m, torch.nn.Conv2d)
+        ]
+
+    small = {"channels": 4, "depth": 1, "disc_channels": 4}
+    torch.manual_seed(0)
+    normed = genmodels.build("cyclegan", (1, 6, 6), spectral_norm=True, **small)
+    plain = genmodels.build("cyclegan", (1, 6, 6), **small)
+    batch = {"x": _images(0), "x_target": _images(1)}
+    for _ in range(30):
+        normed(batch, phase="discriminator")
+    normed.eval()
+    for d in (normed.d_a, normed.d_b):
+        assert all(abs(s - 1) < 0.05 for s in tops(d))
+    assert not any(abs(s - 1) < 0.05 for d in (plain.d_a, plain.d_b) for s in tops(d))
+    assert not any(abs(s - 1) < 0.05 for s in tops(normed.g_ab))
