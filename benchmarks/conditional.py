@@ -1,9 +1,11 @@
 """Class-conditional generation: does each conditional family make the digit it is asked for?
 
-Each entry (the conditional variant, ``conditional=True``, of GAN = AC-GAN, VAE = CVAE, MADE and
-PixelCNN, with the pinned configs of ``benchmarks/nll.py``) trains on the bundled MNIST subset
-(4,000 train digits, fixed binarisation, every label) with a plain PyTorch loop for ``--budget``
-CPU-seconds (this process, all threads) and keeps its final weights (a fixed schedule: nothing is
+Each entry (the conditional variant, ``conditional=True``, of GAN = AC-GAN or the projection
+discriminator, with and without spectral norm, conv or MLP pair; VAE = CVAE; MADE and PixelCNN;
+the pinned configs of ``benchmarks/nll.py``) trains on the bundled MNIST subset (4,000 train
+digits, fixed binarisation, every label) with a plain PyTorch loop for its budget of
+CPU-seconds (``DEFAULT_BUDGET`` 240, or ``BUDGETS``, or ``--budget``; this process, one thread
+by default) and keeps its final weights (a fixed schedule: nothing is
 selected on validation or test). Then, for each class c of 0..9, ``--per-class`` samples are drawn
 with ``condition={"label": c}`` and judged by the shared yardstick classifier
 (``pipelines.quality``, trained on the real train split):
@@ -22,6 +24,7 @@ same TSTR classifier trained on ``--per-class`` real train digits per class.
 
     python benchmarks/conditional.py                       # every entry, 240 CPU-s each
     python benchmarks/conditional.py --family made --budget 30 --per-class 20 --smoke
+    python benchmarks/conditional.py --dev --family gan-mlp-sn --budget 240   # a dev row
 
 Rows go to ``benchmarks/results/conditional/<entry>.json`` and the table to
 ``benchmarks/results/conditional.md`` (``--smoke`` writes under ``conditional-smoke``).
