@@ -60,7 +60,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import BaseConfig, GenerativeModel, SearchSpec, register
-from .layers import adam_per_phase
+from .layers import adam_per_phase, spectral_normalise
 from .pix2pix import (
     PatchDiscriminator,
     UNet,
@@ -149,10 +149,7 @@ class CycleGAN(GenerativeModel):
         self.d_b = PatchDiscriminator(c, config.disc_channels)
         gan_init(self)
         if config.spectral_norm:
-            for d in (self.d_a, self.d_b):
-                for m in list(d.modules()):
-                    if isinstance(m, nn.Conv2d):
-                        nn.utils.parametrizations.spectral_norm(m)
+            spectral_normalise(self.d_a, self.d_b)
         # past fakes shown to D (not weights: not in the state dict), one pool per domain
         self._pools: dict[str, Tensor] = {}
 

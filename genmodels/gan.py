@@ -96,7 +96,7 @@ from .impute_chains import (
     impute_rows,
     inpaint_latents,
 )
-from .layers import adam_per_phase
+from .layers import adam_per_phase, spectral_normalise
 
 GeneratorLoss = Literal["non_saturating", "minimax"]
 ARCHS = ("auto", "conv", "mlp")
@@ -306,9 +306,7 @@ class GAN(GenerativeModel):
             first_width = config.hidden_size
         dcgan_init(self)
         if config.spectral_norm:
-            for m in list(self.discriminator.modules()):
-                if isinstance(m, nn.Linear | nn.Conv2d):
-                    nn.utils.parametrizations.spectral_norm(m)
+            spectral_normalise(self.discriminator)
         if k:  # created after the initialisation above, so an unconditional GAN's is unchanged
             # = the one-hot y concatenated to z, through G's first (bias-free) linear layer
             self.label_embedding = nn.Embedding(k, first_width)

@@ -205,3 +205,13 @@ def random_shift(x: Tensor, k: int) -> Tensor:
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
     padded = padded.gather(2, rows.expand(b, c, h, w + 2 * k))  # (B, C, H, W + 2k)
     return padded.gather(3, cols.expand(b, c, h, w))
+
+
+def spectral_normalise(*modules: nn.Module) -> None:
+    """Spectral normalisation (Miyato, Kataoka, Koyama & Yoshida 2018) of every linear and conv
+    layer in ``modules``: each weight is used divided by its largest singular value, estimated by
+    one power iteration per training-mode forward pass (torch's parametrization)."""
+    for module in modules:
+        for m in list(module.modules()):
+            if isinstance(m, nn.Linear | nn.Conv2d):
+                nn.utils.parametrizations.spectral_norm(m)
