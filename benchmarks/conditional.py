@@ -283,13 +283,13 @@ def main() -> None:
         stem = f"{entry}-{entry_budget(entry, args):g}s" if args.dev else entry
         (rows_dir / f"{stem}.json").write_text(json.dumps(row))
     found = {f.stem: json.loads(f.read_text()) for f in sorted(rows_dir.glob("*.json"))}
-    found.pop("real", None)
-    order = list(ENTRIES)
-    rows = {
-        stem: r
-        for stem, r in sorted(found.items(), key=lambda kv: (order.index(kv[1]["entry"]), kv[0]))
+    kept = [
+        (stem, r)
+        for stem, r in found.items()
         if r.get("entry") in ENTRIES and r.get("per_class") == args.per_class
-    }
+    ]  # the real row ("entry": "real") and rows of retired entries drop out here
+    order = list(ENTRIES)
+    rows = dict(sorted(kept, key=lambda kv: (order.index(kv[1]["entry"]), kv[0])))
     if args.dev:
         rows = {f"{r['entry']} ({r['train_cpu_seconds']:.0f} CPU-s)": r for r in rows.values()}
     budget = (

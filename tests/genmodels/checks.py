@@ -62,3 +62,13 @@ def is_a_shift(out: torch.Tensor, x: torch.Tensor, k: int) -> tuple[int, int] | 
             if torch.equal(padded[..., dy : dy + h, dx : dx + w], out):
                 return dy, dx
     return None
+
+
+def top_singular_values(net: torch.nn.Module) -> list[float]:
+    """The largest singular value of each linear / conv weight in ``net`` as used in the forward
+    pass (spectrally normalised layers: the normalised weight), in module order."""
+    return [
+        torch.linalg.matrix_norm(m.weight.detach().flatten(1), ord=2).item()
+        for m in net.modules()
+        if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)
+    ]

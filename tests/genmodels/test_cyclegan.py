@@ -8,6 +8,7 @@ import torch
 
 import genmodels
 from genmodels.cyclegan import cycle_loss
+from tests.genmodels.checks import top_singular_values
 
 
 def _images(seed: int, n: int = 8) -> torch.Tensor:
@@ -89,13 +90,6 @@ def test_spectral_norm_bounds_both_discriminators_only():
     """``spectral_norm``: every conv of D_A and D_B has top singular value ~1 after a few power
     iterations, the generators are untouched; the default D's are not normalised (control)."""
 
-    def tops(net):
-        return [
-            torch.linalg.matrix_norm(m.weight.detach().flatten(1), ord=2).item()
-            for m in net.modules()
-            if isinstance(m, torch.nn.Conv2d)
-        ]
-
     small = {"channels": 4, "depth": 1, "disc_channels": 4}
     torch.manual_seed(0)
     normed = genmodels.build("cyclegan", (1, 6, 6), spectral_norm=True, **small)
@@ -105,6 +99,8 @@ def test_spectral_norm_bounds_both_discriminators_only():
         normed(batch, phase="discriminator")
     normed.eval()
     for d in (normed.d_a, normed.d_b):
-        assert all(abs(s - 1) < 0.05 for s in tops(d))
-    assert not any(abs(s - 1) < 0.05 for d in (plain.d_a, plain.d_b) for s in tops(d))
-    assert not any(abs(s - 1) < 0.05 for s in tops(normed.g_ab))
+        assert all(abs(s - 1) < 0.05 for s in top_singular_values(d))
+    assert not any(
+        abs(s - 1) < 0.05 for d in (plain.d_a, plain.d_b) for s in top_singular_values(d)
+    )
+    assert not any(abs(s - 1) < 0.05 for s in top_singular_values(normed.g_ab))
