@@ -37,6 +37,12 @@ MSE-only model's MSE. A metric that does not separate them is reported as it is.
     python benchmarks/next_frame.py                       # both models, 1,800 CPU-s each
     python benchmarks/next_frame.py --budget 20 --limit 300 --results /tmp/nf   # smoke
     python benchmarks/next_frame.py --table               # rewrite the table from the JSON
+    python benchmarks/next_frame.py --dev --variant adversarial --set train_rollout=true --tag r
+
+``--dev`` is for choosing a recipe without reading a test sequence: the models train under seed
+``--seed + 1`` and are scored on the 500 *validation* sequences (validation digits only); the
+rows go to ``benchmarks/results/next_frame-dev/<variant>[-TAG].json`` and nothing else is
+written. ``--set KEY=VALUE`` overrides a config value of the chosen variants (repeatable).
 
 Writes ``benchmarks/results/next_frame.json`` (one row per model and horizon) and ``.md``, and a
 strip true | MSE | adversarial (4 test sequences) to ``docs/img/next_frame.png``.
@@ -58,6 +64,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import genmodels  # noqa: E402
+from benchmarks.common import config_pair  # noqa: E402
 from genmodels.nextframe import psnr, sharpness_difference, ssim  # noqa: E402
 
 VARIANTS = {"mse": {}, "adversarial": {"adv_weight": 0.05, "gdl_weight": 1.0}}
@@ -66,19 +73,21 @@ CONTEXT = 5
 
 
 def train(name: str, data, args) -> tuple[genmodels.GenerativeModel, dict]:
-    torch.manual_seed(args.seed)
+    seed = args.seed + 1 if args.dev else args.seed
+    torch.manual_seed(seed)
+    overrides = {**VARIANTS[name], **dict(args.set or [])}
     model = genmodels.build(
         "nextframe",
         data.input_shape,
         data.levels,
         channels=args.channels,
         context=CONTEXT,
-        seed=args.seed,
-        **VARIANTS[name],
+        seed=seed,
+        **overrides,
     )
     opts = model.configure_optimizers()
     x = torch.from_numpy(data.arrays("train")["x"])
-    g = torch.Generator().manual_seed(args.seed + 1)
+    g = torch.Generator().manual_seed(seed + 1)
     steps, start = 0, time.process_time()
     while time.process_time() - start < args.budget:
         batch = {"x": x[torch.randint(0, len(x), (args.batch_size,), generator=g)]}
@@ -87,7 +96,12 @@ def train(name: str, data, args) -> tuple[genmodels.GenerativeModel, dict]:
             model(batch, phase=p)["loss"].backward()
             opts[p].step()
         steps += 1
-    info = {"steps": steps, "cpu_s": time.process_time() - start, "batch_size": args.batch_size}
+    info = {
+        "steps": steps,
+        "cpu_s": time.process_time() - start,
+        "batch_size": args.batch_size,
+        "config": overrides,
+    }
     return model.eval(), info
 
 
@@ -104,11 +118,12 @@ def crops(frames: np.ndarray, positions: np.ndarray) -> np.ndarray:
     return (np.stack(out) >= 0.5).astype(np.float32)
 
 
-def evaluate(pred: np.ndarray, data, yardstick) -> list[dict]:
-    """Rows of metrics at each horizon for predictions ``(N, 5, 1, 32, 32)`` (0..255)."""
-    test = data.arrays("test")["x"]
-    labels = data.meta["test"]["labels"]
-    positions = data.meta["test"]["positions"]
+def evaluate(pred: np.ndarray, data, yardstick, split: str = "test") -> list[dict]:
+    """Rows of metrics at each horizon for predictions ``(N, 5, 1, 32, 32)`` (0..255) of the
+    sequences of ``split``."""
+    test = data.arrays(split)["x"]
+    labels = data.meta[split]["labels"]
+    positions = data.meta[split]["positions"]
     rows = []
     for horizon, k in HORIZONS.items():
         p = torch.from_numpy(pred[:, k] / 255.0).float()
@@ -179,7 +194,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--img", default=str(ROOT / "docs" / "img" / "next_frame.png"))
     ap.add_argument("--table", action="store_true", help="rewrite the .md from the JSON")
+    ap.add_argument("--variant", action="append", choices=list(VARIANTS), help="(default: all)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        type=config_pair,
+        metavar="KEY=VALUE",
+        help="a nextframe config value for the variants run (repeatable; VALUE read as JSON)",
+    )
+    ap.add_argument("--dev", action="store_true", help="validation sequences, seed + 1 (doc)")
+    ap.add_argument("--tag", default="", help="--dev: appended to the rows' file names (-TAG)")
     args = ap.parse_args(argv)
+    if args.budget <= 0 or args.batch_size < 1 or args.channels < 1:
+        ap.error("--budget, --batch-size and --channels must be positive")
+    if not args.dev and (args.set or args.variant or args.tag):
+        ap.error("--set, --variant and --tag are for --dev runs (the table compares the defaults)")
     out = Path(args.results)
     if args.table:
         results = json.loads((out / "next_frame.json").read_text())
@@ -195,12 +224,13 @@ def main(argv: list[str] | None = None) -> int:
         from pipelines.uses import ArrayDataset
 
         yardstick = yardstick_for(ArrayDataset(prepare_dataset("mnist", seed=args.seed)), args.seed)
-    test = data.arrays("test")["x"]
+    split = "validation" if args.dev else "test"
+    test = data.arrays(split)["x"]
     past = torch.from_numpy(test[:, :CONTEXT])
     preds = {"copy-last": np.repeat(test[:, CONTEXT - 1 : CONTEXT], 5, axis=1)}
-    rows = [{"model": "truth", **r} for r in evaluate(test[:, CONTEXT:], data, yardstick)]
+    rows = [{"model": "truth", **r} for r in evaluate(test[:, CONTEXT:], data, yardstick, split)]
     infos = {}
-    for name in VARIANTS:
+    for name in args.variant or list(VARIANTS):
         model, info = train(name, data, args)
         with torch.no_grad():
             preds[name] = model.predict(past, steps=5).numpy()
@@ -208,6 +238,24 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"[next_frame] {name}: {info['steps']} steps in {info['cpu_s']:.0f} CPU-s", flush=True
         )
+        if args.dev:
+            dev = out / "next_frame-dev"
+            dev.mkdir(parents=True, exist_ok=True)
+            result = {
+                "split": split,
+                "seed": args.seed + 1,
+                "budget": args.budget,
+                **info,
+                "copy_last": evaluate(preds["copy-last"], data, yardstick, split),
+                "truth": [r for r in rows if r["model"] == "truth"],
+                "rows": evaluate(preds[name], data, yardstick, split),
+            }
+            path = dev / f"{name}{'-' + args.tag if args.tag else ''}.json"
+            path.write_text(json.dumps(result, indent=1))
+            for r in result["rows"]:
+                print(f"  {r}", flush=True)
+    if args.dev:
+        return 0
     for name in ("copy-last", *VARIANTS):
         for r in evaluate(preds[name], data, yardstick):
             rows.append(

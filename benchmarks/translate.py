@@ -54,13 +54,17 @@ import argparse
 import dataclasses
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 import genmodels
+from benchmarks.common import config_pair
 from genmodels.pix2pix import foreground_iou, mean_l1
 from genmodels.quality import _accuracy, train_yardstick
 
@@ -354,17 +358,6 @@ def picture(runs: dict, base: dict, path: Path) -> None:
     img = img.resize((img.width * 3, img.height * 3), Image.NEAREST)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
-
-
-def config_pair(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` → (key, value), the value parsed as JSON where it parses (5, true, 0.5)."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(raw)
-    except json.JSONDecodeError:
-        return key, raw
 
 
 def main() -> None:

@@ -1,0 +1,18 @@
+"""Small helpers shared by the benchmark scripts (no Ray, no MLflow)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def config_pair(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` → (key, value), the value parsed as JSON where it parses (5, true, 0.5),
+    else kept as text; for ``--set`` flags (an ``argparse`` type: a bad item is a usage error)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
