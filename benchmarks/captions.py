@@ -23,6 +23,12 @@ Beside it, in the same table:
 
     python benchmarks/captions.py                          # 600 CPU-s
     python benchmarks/captions.py --budget 30 --per-caption 5 --smoke
+    python benchmarks/captions.py --dev --temperature 0.7  # a dev run, two temperatures
+
+``--temperature psi`` (repeatable; default ``TEMPERATURES``) also judges the same weights' samples
+at latent temperature psi (z ~ N(0, psi^2 I), ``latent_temperature``; the same scaled draws), a
+row each. ``--dev`` is the run for such choices: training seed + 1, other sample draws, no real
+ceiling (it reads the test canvases); results to ``captions-dev.*`` only.
 
 Results: ``benchmarks/results/captions.json`` and ``captions.md`` (``--smoke``:
 ``captions-smoke.*``) and ``docs/img/captions.png`` (a few captions with their canvases; not for
@@ -32,6 +38,7 @@ Results: ``benchmarks/results/captions.json`` and ``captions.md`` (``--smoke``:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -50,6 +57,8 @@ from pipelines import captions as C  # noqa: E402
 
 RESULTS = ROOT / "results"
 CONFIG = {"latent_dim": 16, "channels": 32, "embed_dim": 64, "hidden_size": 256, "lr": 1e-3}
+# latent temperatures judged besides 1 from the same weights (chosen on --dev runs: README)
+TEMPERATURES: list[float] = []
 PICTURE = ((3, 7), (7, 3), (0, 3), (5, 8), (9, 2), (1, 1))  # (0, 3), (5, 8), (9, 2) held out
 
 
@@ -104,7 +113,9 @@ def accuracy(judged: torch.Tensor, wanted: torch.Tensor) -> float:
 
 
 def generated(model, yardstick, per_caption: int, seed: int) -> dict:
-    g = torch.Generator().manual_seed(seed + 1)
+    """Seen / held-out accuracy of ``model``'s samples (``per_caption`` per caption), and the
+    empty-caption control's, from a generator seeded ``seed``."""
+    g = torch.Generator().manual_seed(seed)
     out: dict = {"seen": [], "held_out": [], "per_pair": {}}
     empty_judged, empty_wanted = [], []
     cpu0, n = time.process_time(), 0
@@ -174,9 +185,11 @@ def picture(model, path: Path, seed: int, per: int = 6) -> None:
 
 def write_table(result: dict, path: Path) -> None:
     gen, real, m = result["generated"], result["real"], result
+    dev = " (training seed + 1, other sample draws)" if m.get("dev") else ""
     lines = [
         "# Captions → digits (mnist-captions: two binarised MNIST digits on a 28x56 canvas)",
         "",
+        *([f"A dev run{dev}: for choices only, no test canvas read.", ""] if dev else []),
         f"Training: `captionvae` {json.dumps(CONFIG)}, {m['train']['train_cpu_seconds']} CPU-s "
         f"({m['train']['steps']} steps of {m['batch_size']}, one thread), final weights. "
         f"{gen['samples_per_caption']} samples per caption, two captions per ordered pair "
@@ -188,9 +201,20 @@ def write_table(result: dict, path: Path) -> None:
         "| | seen pairs (90) | held-out pairs (10) |",
         "|---|---|---|",
         f"| captionvae | {gen['seen_accuracy']:.3f} | {gen['held_out_accuracy']:.3f} |",
+        *(
+            f"| captionvae, latent temperature {psi} | {r['seen_accuracy']:.3f} "
+            f"| {r['held_out_accuracy']:.3f} |"
+            for psi, r in m.get("at_temperature", {}).items()
+        ),
         f"| same model, empty caption (control) | {gen['empty_caption_accuracy']:.3f} | - |",
-        f"| real test canvases (ceiling) | {real['seen_accuracy']:.3f} "
-        f"| {real['held_out_accuracy']:.3f} |",
+        *(
+            [
+                f"| real test canvases (ceiling) | {real['seen_accuracy']:.3f} "
+                f"| {real['held_out_accuracy']:.3f} |"
+            ]
+            if real is not None
+            else []
+        ),
         "",
         "Held-out pairs: "
         + ", ".join(f"{k[0]}|{k[1]} {v:.2f}" for k, v in gen["held_out_per_pair"].items())
@@ -211,8 +235,28 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="write captions-smoke.*, no picture")
     ap.add_argument("--save", metavar="FILE", help="also save the trained weights (torch.save)")
+    ap.add_argument(
+        "--temperature",
+        type=float,
+        action="append",
+        help="also judge the samples at this latent temperature, same weights (repeatable)",
+    )
+    ap.add_argument(
+        "--dev",
+        action="store_true",
+        help="a dev run for choices: training seed + 1, other draws, no test canvas; captions-dev.*",
+    )
     args = ap.parse_args()
+    psis = args.temperature if args.temperature is not None else TEMPERATURES
+    if any(not (0.0 <= t < float("inf")) for t in psis):
+        ap.error(f"--temperature must be a number >= 0, got {psis}")
+    if args.budget <= 0 or args.per_caption < 1:
+        ap.error(
+            f"--budget must be > 0 and --per-caption >= 1, got {args.budget}, {args.per_caption}"
+        )
     torch.set_num_threads(args.threads)
+    train_seed = args.seed + 1 if args.dev else args.seed
+    sample_seed = args.seed + (1001 if args.dev else 1)
     cpu0 = time.process_time()
     data = C.prepare_captions(C.NAME, seed=args.seed)
     binary, y, digit_rows = C.digit_splits(args.seed)
@@ -228,7 +272,7 @@ def main() -> None:
         seed=args.seed,
     )
     print(f"yardstick: validation accuracy {info['val_accuracy']:.3f}", flush=True)
-    model, facts = train(data, args.budget, args.batch_size, args.seed)
+    model, facts = train(data, args.budget, args.batch_size, train_seed)
     if args.save:
         torch.save({"config": model.export_config(), "state": model.state_dict()}, args.save)
     result = {
@@ -238,17 +282,26 @@ def main() -> None:
         "seed": args.seed,
         "train": facts,
         "yardstick_val_accuracy": info["val_accuracy"],
-        "generated": generated(model, yardstick.eval(), args.per_caption, args.seed),
-        "real": real_ceiling(data, yardstick),
+        "dev": args.dev,
+        "generated": generated(model, yardstick.eval(), args.per_caption, sample_seed),
+        "real": None if args.dev else real_ceiling(data, yardstick),
         "held_out_pairs": [list(p) for p in C.HELD_OUT],
         "dataset_fingerprint": data.fingerprint,
     }
+    result["at_temperature"] = {}
+    for psi in [t for t in psis if t != 1.0]:  # the same weights and (scaled) draws
+        model.config = dataclasses.replace(model.config, latent_temperature=psi)
+        result["at_temperature"][f"{psi:g}"] = generated(
+            model, yardstick, args.per_caption, sample_seed
+        )
+        print(f"temperature {psi:g}: {result['at_temperature'][f'{psi:g}']}", flush=True)
+    model.config = dataclasses.replace(model.config, latent_temperature=1.0)
     result["total_cpu_seconds"] = round(time.process_time() - cpu0, 1)
-    name = "captions-smoke" if args.smoke else "captions"
+    name = "captions-smoke" if args.smoke else "captions-dev" if args.dev else "captions"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
     write_table(result, RESULTS / f"{name}.md")
-    if not args.smoke:
+    if not (args.smoke or args.dev):
         picture(model, ROOT.parent / "docs" / "img" / "captions.png", args.seed)
     gen = result["generated"]
     print(

@@ -17,6 +17,11 @@ with ``condition={"label": c}`` and judged by the shared yardstick classifier
 * **train on synthetic, test on real** (TSTR): a fresh yardstick-architecture classifier trained
   on the generated, labelled samples (at least 10 epochs and 300 steps, seeded) and tested on the 500 real test digits.
 
+An entry with a ``latent_temperature`` option (GAN, VAE) is also judged at each of its
+``TEMPERATURES`` psi < 1 (``--temperature``), z ~ N(0, psi^2 I), on the same trained weights and
+the same (scaled) draws: a row per temperature, so fidelity (accuracy) and diversity (class FD)
+are read side by side.
+
 Baseline row ``real`` in the same table, at the same counts: the yardstick's accuracy on
 ``--per-class`` real test digits per class (the ceiling of conditional accuracy), the FD of those
 test digits to the class-c train digits (the floor of per-class FD at this sample count), and the
@@ -25,6 +30,7 @@ same TSTR classifier trained on ``--per-class`` real train digits per class.
     python benchmarks/conditional.py                       # every entry, 240 CPU-s each
     python benchmarks/conditional.py --family made --budget 30 --per-class 20 --smoke
     python benchmarks/conditional.py --dev --family gan-mlp-sn --budget 240   # a dev row
+    python benchmarks/conditional.py --dev --family vae-cvae --temperature 0.8 --temperature 0.6
 
 Rows go to ``benchmarks/results/conditional/<entry>.json`` and the table to
 ``benchmarks/results/conditional.md`` (``--smoke`` writes under ``conditional-smoke``).
@@ -33,6 +39,7 @@ Rows go to ``benchmarks/results/conditional/<entry>.json`` and the table to
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -61,6 +68,13 @@ DEFAULT_BUDGET = 240.0
 # gan-mlp-sn 0.90 at 240, 0.93 at 600; without spectral norm 0.65 / 0.56 (conv, 240 / 600) and
 # 0.81 / 0.88 (MLP))
 BUDGETS: dict[str, float] = {"gan-projection-sn": 600.0, "gan-mlp-sn": 600.0}
+# latent temperatures judged besides 1 (the sampler's own), from the same weights (--temperature
+# overrides; families with ``latent_temperature`` only), chosen on --dev rows (ψ in 0.4..0.9,
+# results/conditional-dev.md) by one rule: the ψ whose dev accuracy is closest to the yardstick's
+# accuracy on real validation digits (0.972), ties to the larger ψ: samples as recognisable as
+# real digits and no more (maximising accuracy would reward collapse). vae-cvae 0.6 (dev 0.970,
+# class FD 8.66; at 1: 0.923 / 8.57); gan-mlp-sn 0.7 (0.977 / 5.31; at 1: 0.937 / 6.30).
+TEMPERATURES: dict[str, list[float]] = {"vae-cvae": [0.6], "gan-mlp-sn": [0.7]}
 ENTRIES: dict[str, tuple[str, dict]] = {
     "gan-acgan": ("gan", nll.ENTRIES["gan"][2]),
     "gan-projection": ("gan", {**nll.ENTRIES["gan"][2], "projection": True, "aux_weight": 0.0}),
@@ -166,38 +180,57 @@ def entry_budget(entry: str, args) -> float:
     return args.budget if args.budget is not None else BUDGETS.get(entry, DEFAULT_BUDGET)
 
 
-def run_entry(entry: str, data, yardstick, args) -> dict:
+def entry_temperatures(entry: str, args) -> list[float]:
+    """The latent temperatures ``entry`` is judged at: 1 (its own sampler), then ``--temperature``
+    if given, else its TEMPERATURES."""
+    extra = args.temperature if args.temperature is not None else TEMPERATURES.get(entry, [])
+    return [1.0] + [t for t in extra if t != 1.0]
+
+
+def run_entry(entry: str, data, yardstick, args) -> list[tuple[str, dict]]:
+    """Train ``entry`` once and judge its samples at each of its temperatures: ``(stem, row)``
+    pairs, the stem naming the row's file (and its line in the table)."""
     # dev runs (--dev): another training seed and other sample draws, and no TSTR (it reads the
     # test split); the yardstick and the class FD read only the train split
     train_seed = args.seed + 1 if args.dev else args.seed
     budget = entry_budget(entry, args)
     model, facts = train(entry, data, budget, args.batch_size, train_seed)
     labels = torch.arange(NUM_CLASSES).repeat_interleave(args.per_class)
-    g = torch.Generator().manual_seed(args.seed + (1001 if args.dev else 1))
-    cpu0, parts = time.process_time(), []
-    with torch.no_grad():
-        for chunk in labels.split(100):
-            parts.append(model.sample(len(chunk), generator=g, condition={"label": chunk}))
-    sample_cpu = time.process_time() - cpu0
-    x = torch.cat(parts).float()
-    row = {
-        "entry": entry,
-        "family": ENTRIES[entry][0],
-        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in ENTRIES[entry][1].items()},
-        **facts,
-        "per_class": args.per_class,
-        "sample_cpu_s_per_100": round(100 * sample_cpu / len(x), 2),
-        **scores(yardstick, data, x, labels, args.seed, tstr=not args.dev),
-        "yardstick": yardstick.method,
-        "dataset_fingerprint": data.fingerprint,
-        "dev": args.dev,
-    }
-    tstr = f", TSTR {row['tstr_accuracy']:.3f}" if "tstr_accuracy" in row else ""
-    print(
-        f"{entry}: accuracy {row['cond_accuracy']:.3f}, class FD {row['class_fd']:.2f}{tstr}",
-        flush=True,
-    )
-    return row
+    out = []
+    for psi in entry_temperatures(entry, args):
+        if psi != 1.0:  # sampling only: the trained weights are the same
+            model.config = dataclasses.replace(model.config, latent_temperature=psi)
+        # the same draws at every temperature (scaled codes): a paired comparison
+        g = torch.Generator().manual_seed(args.seed + (1001 if args.dev else 1))
+        cpu0, parts = time.process_time(), []
+        with torch.no_grad():
+            for chunk in labels.split(100):
+                parts.append(model.sample(len(chunk), generator=g, condition={"label": chunk}))
+        sample_cpu = time.process_time() - cpu0
+        x = torch.cat(parts).float()
+        config = {k: list(v) if isinstance(v, tuple) else v for k, v in ENTRIES[entry][1].items()}
+        row = {
+            "entry": entry,
+            "family": ENTRIES[entry][0],
+            "config": config,
+            "latent_temperature": psi,
+            **facts,
+            "per_class": args.per_class,
+            "sample_cpu_s_per_100": round(100 * sample_cpu / len(x), 2),
+            **scores(yardstick, data, x, labels, args.seed, tstr=not args.dev),
+            "yardstick": yardstick.method,
+            "dataset_fingerprint": data.fingerprint,
+            "dev": args.dev,
+        }
+        tstr = f", TSTR {row['tstr_accuracy']:.3f}" if "tstr_accuracy" in row else ""
+        print(
+            f"{entry} (temperature {psi:g}): accuracy {row['cond_accuracy']:.3f}, "
+            f"class FD {row['class_fd']:.2f}{tstr}",
+            flush=True,
+        )
+        stem = f"{entry}-{budget:g}s" if args.dev else entry
+        out.append((stem if psi == 1.0 else f"{stem}-t{psi:g}", row))
+    return out
 
 
 def real_baseline(data, yardstick, args) -> dict:
@@ -212,6 +245,12 @@ def real_baseline(data, yardstick, args) -> dict:
     judged = scores(yardstick, data, x_test[t], y_test[t], args.seed, tstr=False)
     tstr = scores(yardstick, data, x_train[r], y_train[r], args.seed)["tstr_accuracy"]
     return {"entry": "real", **judged, "tstr_accuracy": tstr, "per_class_test": len(t)}
+
+
+def temperature_note(row: dict) -> str:
+    """``", temperature 0.6"`` for a row judged below the sampler's own temperature, else ``""``."""
+    psi = row.get("latent_temperature", 1.0)
+    return "" if psi == 1.0 else f", temperature {psi:g}"
 
 
 def write_table(rows: dict, base: dict, out: Path, meta: dict) -> None:
@@ -256,12 +295,29 @@ def main() -> None:
         help="dev runs for choices: training seed + 1, other sample draws, no TSTR (no test "
         "digit read); rows per budget under conditional-dev",
     )
+    ap.add_argument(
+        "--temperature",
+        type=float,
+        action="append",
+        help="also judge samples at this latent temperature, from the same weights (repeatable; "
+        "default the entry's TEMPERATURES; families with a latent_temperature option only)",
+    )
+    ap.add_argument(
+        "--table", action="store_true", help="only rewrite the table from the stored rows"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    entries = args.family or list(ENTRIES)
+    entries = [] if args.table else args.family or list(ENTRIES)
     unknown = [e for e in entries if e not in ENTRIES]
     if unknown:
         raise SystemExit(f"unknown entry {unknown}; known: {', '.join(ENTRIES)}")
+    for entry in entries:
+        family = ENTRIES[entry][0]
+        psis = entry_temperatures(entry, args)
+        if any(not (0.0 <= t < math.inf) for t in psis):
+            ap.error(f"--temperature must be a number >= 0, got {args.temperature}")
+        if len(psis) > 1 and "latent_temperature" not in genmodels.make_config(family).__dict__:
+            ap.error(f"--temperature: entry {entry} ({family}) has no latent_temperature")
     if args.per_class < 3:
         raise SystemExit("--per-class must be >= 3 (a covariance per class)")
 
@@ -275,13 +331,14 @@ def main() -> None:
     rows_dir = nll.RESULTS / name
     rows_dir.mkdir(parents=True, exist_ok=True)
     base = None
-    if not args.dev:  # the real row reads test digits
+    if args.table and (rows_dir / "real.json").exists():
+        base = json.loads((rows_dir / "real.json").read_text())
+    elif not (args.dev or args.table):  # the real row reads test digits
         base = real_baseline(data, yardstick, args)
         (rows_dir / "real.json").write_text(json.dumps(base))
     for entry in entries:
-        row = run_entry(entry, data, yardstick, args)
-        stem = f"{entry}-{entry_budget(entry, args):g}s" if args.dev else entry
-        (rows_dir / f"{stem}.json").write_text(json.dumps(row))
+        for stem, row in run_entry(entry, data, yardstick, args):
+            (rows_dir / f"{stem}.json").write_text(json.dumps(row))
     found = {f.stem: json.loads(f.read_text()) for f in sorted(rows_dir.glob("*.json"))}
     kept = [
         (stem, r)
@@ -289,9 +346,21 @@ def main() -> None:
         if r.get("entry") in ENTRIES and r.get("per_class") == args.per_class
     ]  # the real row ("entry": "real") and rows of retired entries drop out here
     order = list(ENTRIES)
-    rows = dict(sorted(kept, key=lambda kv: (order.index(kv[1]["entry"]), kv[0])))
+
+    def place(kv: tuple[str, dict]) -> tuple:  # by entry, then run, then falling temperature
+        stem, r = kv
+        psi = r.get("latent_temperature", 1.0)
+        run = stem if psi == 1.0 else stem.removesuffix(f"-t{psi:g}")
+        return order.index(r["entry"]), run, -psi
+
+    rows = dict(sorted(kept, key=place))
     if args.dev:
-        rows = {f"{r['entry']} ({r['train_cpu_seconds']:.0f} CPU-s)": r for r in rows.values()}
+        rows = {
+            f"{r['entry']} ({r['train_cpu_seconds']:.0f} CPU-s{temperature_note(r)})": r
+            for r in rows.values()
+        }
+    else:
+        rows = {f"{r['entry']}{temperature_note(r)}": r for r in rows.values()}
     budget = (
         f"{args.budget:g} CPU-s per entry"
         if args.budget is not None

@@ -75,8 +75,10 @@ from .base import (
     GenerativeModel,
     ScoreResult,
     SearchSpec,
+    check_latent_temperature,
     importance_weighted,
     log_mean_exp,
+    prior_draw,
     register,
     std_normal_log_prob,
 )
@@ -100,6 +102,7 @@ class CaptionVAEConfig(BaseConfig):
     ar_kernel: int = 5  # the local autoregressive head's causal window (0: independent pixels)
     free_bits: float = 0.5  # nats per latent dimension the training loss does not charge for
     kl_weight: float = 1.0  # beta on the charged KL (as the VAE's; the reported elbo is the bound)
+    latent_temperature: float = 1.0  # sample: z ~ N(0, psi^2 I), as the VAE's option
     eval_k: int = 100
     eval_chunk: int = 25
     lr: float = 1e-3
@@ -167,6 +170,7 @@ class CaptionVAE(GenerativeModel):
             raise ValueError(
                 f"captionvae: kl_weight must be a positive number, got {config.kl_weight}"
             )
+        check_latent_temperature("captionvae", config.latent_temperature)
         if not 0.0 <= config.caption_dropout < 1.0:
             raise ValueError(
                 f"captionvae: caption_dropout must be in [0, 1), got {config.caption_dropout}"
@@ -319,10 +323,12 @@ class CaptionVAE(GenerativeModel):
         self, n: int, generator: torch.Generator | None = None, condition: Condition = None
     ) -> Tensor:
         """z ~ N(0, I), x ~ p(x | z, c) for ``condition={"caption": ...}`` (one caption or one
-        per sample); the empty caption (the marginal) without one."""
+        per sample); the empty caption (the marginal) without one. ``latent_temperature`` psi
+        != 1 draws z ~ N(0, psi^2 I) (fidelity for diversity; as the VAE's option)."""
         ids, _ = self._ids(condition, n)
         device, dtype = self.dec_slots.device, self.dec_slots.dtype
-        z = torch.randn((n, self.config.latent_dim), generator=generator, dtype=dtype).to(device)
+        cfg = self.config
+        z = prior_draw(n, cfg.latent_dim, cfg.latent_temperature, generator, self.dec_slots)
         logits = self.decode(z, self.slots(ids))
         u = torch.rand(logits.shape, generator=generator, dtype=dtype).to(device)
         if self.ar is None:

@@ -73,6 +73,11 @@ embedding's inner products with D's features; D and G play the ordinary adversar
 logit, so D compares (image, label) pairs and G is pushed to match each class's distribution
 rather than to make images a classifier reads as the class. ``aux_weight > 0`` adds AC-GAN's
 class loss on top (a hybrid).
+
+``latent_temperature`` psi (sampling only; default 1): ``sample`` feeds G codes z ~ N(0, psi^2 I)
+(``base.prior_draw``), a softer cousin of BigGAN's truncation trick: psi < 1 trades diversity for
+fidelity, and the samples no longer follow the distribution G was trained to match. Training and
+``impute`` (whose restarts start from the prior) ignore it.
 """
 
 from __future__ import annotations
@@ -88,7 +93,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import conditional
-from .base import BaseConfig, Condition, GenerativeModel, ImputeResult, SearchSpec, register
+from .base import (
+    BaseConfig,
+    Condition,
+    GenerativeModel,
+    ImputeResult,
+    SearchSpec,
+    check_latent_temperature,
+    prior_draw,
+    register,
+)
 from .impute_chains import (
     context_weights,
     contextual_loss,
@@ -123,6 +137,7 @@ class GANConfig(BaseConfig):
     aux_weight: float = 1.0  # AC-GAN's class cross-entropy weight, in both phases
     projection: bool = False  # conditional D's real/fake logit projected on the label (Miyato)
     spectral_norm: bool = False  # every weight of D divided by its largest singular value
+    latent_temperature: float = 1.0  # sample: z ~ N(0, psi^2 I); 1 = the trained sampler
 
 
 def generator_loss(fake_logits: Tensor, kind: GeneratorLoss = "non_saturating") -> Tensor:
@@ -267,6 +282,7 @@ class GAN(GenerativeModel):
             raise ValueError(f"gan: beta1 must be in [0, 1), got {config.beta1}")
         if config.lr <= 0:
             raise ValueError(f"gan: lr must be > 0, got {config.lr}")
+        check_latent_temperature("gan", config.latent_temperature)
         for key in ("impute_steps", "impute_window", "impute_chunk"):
             if getattr(config, key) < (1 if key == "impute_chunk" else 0):
                 raise ValueError(
@@ -447,16 +463,17 @@ class GAN(GenerativeModel):
         self, n: int, generator: torch.Generator | None = None, condition: Condition = None
     ) -> Tensor:
         """``n`` samples; given ``condition={"label": y}`` (one label or one per sample), from
-        G(z, y); a conditional GAN without one draws y uniformly first."""
+        G(z, y); a conditional GAN without one draws y uniformly first. z ~ N(0, psi^2 I) with
+        psi = ``latent_temperature`` (1: the distribution G was trained to push forward)."""
         labels = conditional.labels_from_condition(self, condition, n)
         if labels is None and self.num_labels:
             labels = conditional.uniform_labels(self, n, generator)
         p = next(self.generator.parameters())
-        z = torch.randn((n, self.config.latent_dim), generator=generator, dtype=p.dtype)
+        z = prior_draw(n, self.config.latent_dim, self.config.latent_temperature, generator, p)
         was_training = self.generator.training
         self.generator.eval()  # BatchNorm: running statistics, and no update of them
         try:
-            y = self.generate(z.to(p.device), labels)
+            y = self.generate(z, labels)
         finally:
             self.generator.train(was_training)
         if self.levels == 2:
