@@ -39,6 +39,7 @@ Rows go to ``benchmarks/results/conditional/<entry>.json`` and the table to
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
 import json
 import math
@@ -222,6 +223,7 @@ def run_entry(entry: str, data, yardstick, args) -> list[tuple[str, dict]]:
             "dataset_fingerprint": data.fingerprint,
             "dev": args.dev,
         }
+        row["picture"] = encode_picture(x, labels)
         tstr = f", TSTR {row['tstr_accuracy']:.3f}" if "tstr_accuracy" in row else ""
         print(
             f"{entry} (temperature {psi:g}): accuracy {row['cond_accuracy']:.3f}, "
@@ -245,6 +247,47 @@ def real_baseline(data, yardstick, args) -> dict:
     judged = scores(yardstick, data, x_test[t], y_test[t], args.seed, tstr=False)
     tstr = scores(yardstick, data, x_train[r], y_train[r], args.seed)["tstr_accuracy"]
     return {"entry": "real", **judged, "tstr_accuracy": tstr, "per_class_test": len(t)}
+
+
+PICTURE_PER_CLASS = 6
+PICTURE = Path(__file__).resolve().parents[1] / "docs" / "img" / "conditional.png"
+
+
+def encode_picture(x: torch.Tensor, labels: torch.Tensor) -> dict:
+    """The first ``PICTURE_PER_CLASS`` judged samples of each class, bit-packed and base64'd
+    into the row (so the README picture is built from the rows, whichever run wrote them)."""
+    cells = torch.stack([x[labels == c][:PICTURE_PER_CLASS] for c in range(NUM_CLASSES)])
+    bits = (cells > 0).numpy().astype(np.uint8)
+    return {"shape": list(bits.shape), "bits": base64.b64encode(np.packbits(bits)).decode()}
+
+
+def write_picture(rows: dict, path: Path) -> None:
+    """One block per row (entry, temperature), one line per class, its first samples."""
+    from PIL import Image, ImageDraw
+
+    blocks = [(name, r["picture"]) for name, r in rows.items() if "picture" in r]
+    if not blocks:
+        return
+    shape = blocks[0][1]["shape"]  # (classes, per class, C, H, W)
+    k, h, w = shape[1], shape[-2], shape[-1]
+    gap, head, left = 10, 28, 18
+    bw = k * w + gap
+    img = Image.new("L", (left + len(blocks) * bw, head + NUM_CLASSES * h), 255)
+    draw = ImageDraw.Draw(img)
+    for c in range(NUM_CLASSES):
+        draw.text((4, head + c * h + h // 2 - 6), str(c), fill=0)
+    for b, (name, pic) in enumerate(blocks):
+        n = int(np.prod(pic["shape"]))
+        bits = np.unpackbits(np.frombuffer(base64.b64decode(pic["bits"]), np.uint8))[:n]
+        cells = bits.reshape(pic["shape"])[:, :, 0]
+        x0 = left + b * bw
+        draw.text((x0, 4), name.replace(", temperature ", ", psi "), fill=0)
+        for c in range(NUM_CLASSES):
+            for j in range(cells.shape[1]):
+                tile = Image.fromarray((255 * (1 - cells[c, j])).astype(np.uint8))
+                img.paste(tile, (x0 + j * w, head + c * h))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
 
 
 def temperature_note(row: dict) -> str:
@@ -371,6 +414,8 @@ def main() -> None:
         budget += " (dev: training seed + 1, other sample draws, no TSTR)"
     meta = {"budget": budget, "per_class": args.per_class, "yardstick": yardstick.method}
     write_table(rows, base, nll.RESULTS / f"{name}.md", meta)
+    if name == "conditional":
+        write_picture(rows, PICTURE)
     print(f"table: {nll.RESULTS / f'{name}.md'}")
 
 
