@@ -28,7 +28,8 @@ Beside it, in the same table:
 ``--temperature psi`` (repeatable; default ``TEMPERATURES``) also judges the same weights' samples
 at latent temperature psi (z ~ N(0, psi^2 I), ``latent_temperature``; the same scaled draws), a
 row each. ``--dev`` is the run for such choices: training seed + 1, other sample draws, no real
-ceiling (it reads the test canvases); results to ``captions-dev.*`` only.
+test canvas read (the ceiling row reads the validation canvases); results to ``captions-dev.*``
+only.
 
 Results: ``benchmarks/results/captions.json`` and ``captions.md`` (``--smoke``:
 ``captions-smoke.*``) and ``docs/img/captions.png`` (a few captions with their canvases; not for
@@ -51,7 +52,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 import genmodels  # noqa: E402
-from genmodels.quality import _features_and_logits, train_yardstick  # noqa: E402
+from genmodels.quality import _features_and_logits, frechet_distance, train_yardstick  # noqa: E402
 from genmodels.text import DIGIT_WORDS  # noqa: E402
 from pipelines import captions as C  # noqa: E402
 
@@ -101,23 +102,42 @@ def train(data, budget_s: float, batch_size: int, seed: int):
     return model.eval(), facts
 
 
-def judge_pairs(yardstick, canvases: torch.Tensor) -> torch.Tensor:
-    """The yardstick's (left, right) digits ``(N, 2)`` of ``(N, 1, 28, 56)`` canvases."""
+def judge_pairs(yardstick, canvases: torch.Tensor, feats: list | None = None) -> torch.Tensor:
+    """The yardstick's (left, right) digits ``(N, 2)`` of ``(N, 1, 28, 56)`` canvases; the
+    halves' features ``(N, 2, F)`` are appended to ``feats`` when it is given."""
     halves = torch.cat([canvases[..., :28], canvases[..., 28:]]).float()
-    pred = _features_and_logits(yardstick, halves, 1000)[1].argmax(1)
-    return torch.stack(pred.split(len(canvases)), 1)
+    f, logits = _features_and_logits(yardstick, halves, 1000)
+    if feats is not None:
+        feats.append(torch.stack(f.split(len(canvases)), 1))
+    return torch.stack(logits.argmax(1).split(len(canvases)), 1)
+
+
+def digit_fd(feats: torch.Tensor, digits: torch.Tensor, reference: dict, seed: int) -> float:
+    """Diversity beside accuracy: for each digit d, the yardstick Fréchet distance between the
+    halves that were asked to show d (a seeded draw of as many as ``reference[d]`` has) and
+    ``reference[d]``, the train digits d's features; the mean over digits (lower is better; a
+    generator that draws one d per caption scores high however right it is)."""
+    feats, digits = feats.reshape(-1, feats.shape[-1]), digits.reshape(-1)
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for d, ref in reference.items():
+        rows = (digits == d).nonzero().squeeze(1)
+        rows = rows[torch.randperm(len(rows), generator=g)[: len(ref)]]
+        out.append(frechet_distance(feats[rows], ref))
+    return float(np.mean(out))
 
 
 def accuracy(judged: torch.Tensor, wanted: torch.Tensor) -> float:
     return (judged == wanted).all(1).float().mean().item()
 
 
-def generated(model, yardstick, per_caption: int, seed: int) -> dict:
-    """Seen / held-out accuracy of ``model``'s samples (``per_caption`` per caption), and the
-    empty-caption control's, from a generator seeded ``seed``."""
+def generated(model, yardstick, per_caption: int, seed: int, reference: dict) -> dict:
+    """Seen / held-out accuracy and digit FD (``digit_fd``, every caption) of ``model``'s
+    samples (``per_caption`` per caption), and the empty-caption control's accuracy, from a
+    generator seeded ``seed``."""
     g = torch.Generator().manual_seed(seed)
     out: dict = {"seen": [], "held_out": [], "per_pair": {}}
-    empty_judged, empty_wanted = [], []
+    empty_judged, empty_wanted, feats, asked = [], [], [], []
     cpu0, n = time.process_time(), 0
     for a in range(10):
         for b in range(10):
@@ -127,7 +147,8 @@ def generated(model, yardstick, per_caption: int, seed: int) -> dict:
                 with torch.no_grad():
                     x = model.sample(per_caption, generator=g, condition={"caption": text})
                 n += per_caption
-                accs.append(accuracy(judge_pairs(yardstick, x), wanted))
+                accs.append(accuracy(judge_pairs(yardstick, x, feats), wanted))
+                asked.append(wanted)
             with torch.no_grad():
                 empty_judged.append(judge_pairs(yardstick, model.sample(per_caption, generator=g)))
             empty_wanted.append(wanted)
@@ -142,20 +163,24 @@ def generated(model, yardstick, per_caption: int, seed: int) -> dict:
             ((k, v) for k, v in out["per_pair"].items() if tuple(map(int, k)) in C.SEEN),
             key=lambda kv: kv[1],
         )[:5],
+        "digit_fd": digit_fd(torch.cat(feats), torch.cat(asked), reference, seed),
         "empty_caption_accuracy": accuracy(torch.cat(empty_judged), torch.cat(empty_wanted)),
         "sample_cpu_s_per_100": round(100 * (time.process_time() - cpu0) / n, 3),
         "samples_per_caption": per_caption,
     }
 
 
-def real_ceiling(data, yardstick) -> dict:
-    rows = data.rows["test"]
-    judged = judge_pairs(yardstick, torch.from_numpy(data.raw[rows]))
+def real_ceiling(data, yardstick, reference: dict, seed: int, split: str = "test") -> dict:
+    """The judge on the ``split``'s real canvases: accuracy (seen / held-out pairs), digit FD."""
+    rows = data.rows[split]
+    feats: list = []
+    judged = judge_pairs(yardstick, torch.from_numpy(data.raw[rows]), feats)
     wanted = torch.from_numpy(data.digits[rows])
     held = torch.from_numpy(data.held_out[rows])
     return {
         "seen_accuracy": accuracy(judged[~held], wanted[~held]),
         "held_out_accuracy": accuracy(judged[held], wanted[held]),
+        "digit_fd": digit_fd(feats[0], wanted, reference, seed),
         "canvases": len(rows),
     }
 
@@ -189,7 +214,11 @@ def write_table(result: dict, path: Path) -> None:
     lines = [
         "# Captions → digits (mnist-captions: two binarised MNIST digits on a 28x56 canvas)",
         "",
-        *([f"A dev run{dev}: for choices only, no test canvas read.", ""] if dev else []),
+        *(
+            [f"A dev run{dev}: for choices only; its ceiling reads validation canvases.", ""]
+            if dev
+            else []
+        ),
         f"Training: `captionvae` {json.dumps(CONFIG)}, {m['train']['train_cpu_seconds']} CPU-s "
         f"({m['train']['steps']} steps of {m['batch_size']}, one thread), final weights. "
         f"{gen['samples_per_caption']} samples per caption, two captions per ordered pair "
@@ -198,19 +227,21 @@ def write_table(result: dict, path: Path) -> None:
         f"validation accuracy {m['yardstick_val_accuracy']:.3f}); a sample is right when both "
         "halves are the requested digits in order. Chance: 0.01.",
         "",
-        "| | seen pairs (90) | held-out pairs (10) |",
-        "|---|---|---|",
-        f"| captionvae | {gen['seen_accuracy']:.3f} | {gen['held_out_accuracy']:.3f} |",
+        "| | seen pairs (90) | held-out pairs (10) | digit FD (lower better) |",
+        "|---|---|---|---|",
+        f"| captionvae | {gen['seen_accuracy']:.3f} | {gen['held_out_accuracy']:.3f} "
+        f"| {gen['digit_fd']:.2f} |",
         *(
             f"| captionvae, latent temperature {psi} | {r['seen_accuracy']:.3f} "
-            f"| {r['held_out_accuracy']:.3f} |"
+            f"| {r['held_out_accuracy']:.3f} | {r['digit_fd']:.2f} |"
             for psi, r in m.get("at_temperature", {}).items()
         ),
-        f"| same model, empty caption (control) | {gen['empty_caption_accuracy']:.3f} | - |",
+        f"| same model, empty caption (control) | {gen['empty_caption_accuracy']:.3f} | - | - |",
         *(
             [
-                f"| real test canvases (ceiling) | {real['seen_accuracy']:.3f} "
-                f"| {real['held_out_accuracy']:.3f} |"
+                f"| real {'validation' if dev else 'test'} canvases (ceiling) "
+                f"| {real['seen_accuracy']:.3f} "
+                f"| {real['held_out_accuracy']:.3f} | {real['digit_fd']:.2f} |"
             ]
             if real is not None
             else []
@@ -244,7 +275,8 @@ def main() -> None:
     ap.add_argument(
         "--dev",
         action="store_true",
-        help="a dev run for choices: training seed + 1, other draws, no test canvas; captions-dev.*",
+        help="a dev run for choices: training seed + 1, other draws, validation canvases; "
+        "captions-dev.*",
     )
     args = ap.parse_args()
     psis = args.temperature if args.temperature is not None else TEMPERATURES
@@ -272,6 +304,10 @@ def main() -> None:
         seed=args.seed,
     )
     print(f"yardstick: validation accuracy {info['val_accuracy']:.3f}", flush=True)
+    yardstick.eval()
+    with torch.no_grad():  # the train digits' features, per digit: digit_fd's reference
+        train_feats = _features_and_logits(yardstick, torch.from_numpy(binary[tr]).float(), 1000)
+    reference = {d: train_feats[0][torch.from_numpy(y[tr] == d)] for d in range(10)}
     model, facts = train(data, args.budget, args.batch_size, train_seed)
     if args.save:
         torch.save({"config": model.export_config(), "state": model.state_dict()}, args.save)
@@ -283,8 +319,10 @@ def main() -> None:
         "train": facts,
         "yardstick_val_accuracy": info["val_accuracy"],
         "dev": args.dev,
-        "generated": generated(model, yardstick.eval(), args.per_caption, sample_seed),
-        "real": None if args.dev else real_ceiling(data, yardstick),
+        "generated": generated(model, yardstick, args.per_caption, sample_seed, reference),
+        "real": real_ceiling(
+            data, yardstick, reference, args.seed, "validation" if args.dev else "test"
+        ),
         "held_out_pairs": [list(p) for p in C.HELD_OUT],
         "dataset_fingerprint": data.fingerprint,
     }
@@ -292,7 +330,7 @@ def main() -> None:
     for psi in [t for t in psis if t != 1.0]:  # the same weights and (scaled) draws
         model.config = dataclasses.replace(model.config, latent_temperature=psi)
         result["at_temperature"][f"{psi:g}"] = generated(
-            model, yardstick, args.per_caption, sample_seed
+            model, yardstick, args.per_caption, sample_seed, reference
         )
         print(f"temperature {psi:g}: {result['at_temperature'][f'{psi:g}']}", flush=True)
     model.config = dataclasses.replace(model.config, latent_temperature=1.0)
