@@ -378,7 +378,17 @@ def cmd_sample(args) -> int:
     labels = _parse_labels(args.label) if args.label is not None else None
     if labels is not None and args.caption is not None:
         raise CLIError("give --label or --caption, not both")
+    psi = args.temperature
+    if psi is not None and not 0.0 <= psi < float("inf"):
+        raise CLIError(f"bad value {psi} for --temperature (a number >= 0; 1 = the model's own)")
     model, info = _load(args, _registry_uri(args))
+    if psi is not None:  # sampling only: the weights and every other method are unchanged
+        if not hasattr(model.config, "latent_temperature"):
+            raise CLIError(
+                f"{args.model} v{info['version']} ({model.family}) has no latent temperature "
+                "(gan, vae and captionvae have): drop --temperature"
+            )
+        model.config = dataclasses.replace(model.config, latent_temperature=psi)
     if not 1 <= args.n <= model.sample_limit:
         raise CLIError(f"bad value {args.n} for --n (1..{model.sample_limit} for {model.family})")
     if labels is not None and "condition:label" not in model.capabilities:
@@ -419,6 +429,8 @@ def cmd_sample(args) -> int:
     given = "" if labels is None else f" given label {','.join(map(str, labels))}"
     if args.caption is not None:
         given = f" given caption {args.caption!r}"
+    if psi is not None:
+        given += f" at latent temperature {psi:g}"
     print(
         f"{args.n} samples of {args.model} v{info['version']}{given} written to {path} "
         f"({SAMPLE_FORMATS[suffix]})"
@@ -681,6 +693,13 @@ def make_parser() -> argparse.ArgumentParser:
         "--caption",
         metavar="TEXT",
         help='a caption-conditional model\'s caption for every sample, e.g. "3 left of 7"',
+    )
+    sp.add_argument(
+        "--temperature",
+        type=float,
+        metavar="PSI",
+        help="latent temperature: codes z ~ N(0, PSI^2 I) (gan, vae, captionvae; default the "
+        "model's, 1 unless trained otherwise); below 1 trades diversity for fidelity",
     )
     add_registry_option(sp)
 
