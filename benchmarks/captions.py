@@ -58,8 +58,13 @@ from pipelines import captions as C  # noqa: E402
 
 RESULTS = ROOT / "results"
 CONFIG = {"latent_dim": 16, "channels": 32, "embed_dim": 64, "hidden_size": 256, "lr": 1e-3}
-# latent temperatures judged besides 1 from the same weights (chosen on --dev runs: README)
-TEMPERATURES: list[float] = []
+# latent temperatures judged besides 1 from the same weights, chosen on a --dev run (psi in
+# 0.4..0.8, results/captions-dev.md) by benchmarks/conditional.py's rule: the psi whose dev seen
+# accuracy is closest to the judge's on real validation canvases (0.961), ties to the larger psi.
+# 0.4 (dev 0.926 seen / 0.902 held out, digit FD 7.49; at 1: 0.638 / 0.633 / 22.45): the lowest
+# psi tried, so the rule's optimum may lie lower; the digit FD rises again from 0.5 (7.01).
+TEMPERATURES: list[float] = [0.4]
+PICTURE_PATH = ROOT.parent / "docs" / "img" / "captions.png"
 PICTURE = ((3, 7), (7, 3), (0, 3), (5, 8), (9, 2), (1, 1))  # (0, 3), (5, 8), (9, 2) held out
 
 
@@ -185,27 +190,39 @@ def real_ceiling(data, yardstick, reference: dict, seed: int, split: str = "test
     }
 
 
-def picture(model, path: Path, seed: int, per: int = 6) -> None:
-    """A few captions (held-out ones marked), each beside ``per`` of its samples."""
+def picture(model, path: Path, seed: int, psis: tuple[float, ...] = (1.0,), per: int = 4) -> None:
+    """A few captions (held-out ones marked), each beside ``per`` of its samples at each latent
+    temperature of ``psis`` (the same draws, scaled), a block per temperature."""
     from PIL import Image, ImageDraw
 
-    g = torch.Generator().manual_seed(seed + 2)
-    scale, label_w, gap = 2, 250, 4
+    scale, label_w, gap, head = 2, 250, 4, 16
     h, w = 28 * scale, 56 * scale
+    block = per * (w + gap) + 3 * gap
     rows = [(ask(a, b)[0], (a, b) in C.HELD_OUT) for a, b in PICTURE]
-    img = Image.new("L", (label_w + per * (w + gap), len(rows) * (h + gap)), 255)
+    img = Image.new("L", (label_w + len(psis) * block, head + len(rows) * (h + gap)), 255)
     draw = ImageDraw.Draw(img)
-    for i, (text, held) in enumerate(rows):
-        with torch.no_grad():
-            x = model.sample(per, generator=g, condition={"caption": text})
-        y0 = i * (h + gap)
-        draw.text((6, y0 + h // 2 - 6), f'"{text}"' + ("  (held out)" if held else ""), fill=0)
-        for j in range(per):
-            cell = (255 * (1 - x[j, 0].numpy())).astype(np.uint8)
-            tile = Image.fromarray(cell).resize((w, h), Image.NEAREST)
-            img.paste(tile, (label_w + j * (w + gap), y0))
+    for k, psi in enumerate(psis):
+        draw.text((label_w + k * block, 2), f"latent temperature {psi:g}", fill=0)
+        model.config = dataclasses.replace(model.config, latent_temperature=psi)
+        g = torch.Generator().manual_seed(seed + 2)
+        for i, (text, held) in enumerate(rows):
+            with torch.no_grad():
+                x = model.sample(per, generator=g, condition={"caption": text})
+            y0 = head + i * (h + gap)
+            label = f'"{text}"' + ("  (held out)" if held else "")
+            draw.text((6, y0 + h // 2 - 6), label, fill=0)
+            for j in range(per):
+                cell = (255 * (1 - x[j, 0].numpy())).astype(np.uint8)
+                tile = Image.fromarray(cell).resize((w, h), Image.NEAREST)
+                img.paste(tile, (label_w + k * block + j * (w + gap), y0))
+    model.config = dataclasses.replace(model.config, latent_temperature=1.0)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
+
+
+def chosen(psi: str) -> str:
+    """A mark for the temperature chosen on the dev run (``TEMPERATURES``)."""
+    return " (chosen on dev)" if float(psi) in TEMPERATURES else ""
 
 
 def write_table(result: dict, path: Path) -> None:
@@ -232,7 +249,7 @@ def write_table(result: dict, path: Path) -> None:
         f"| captionvae | {gen['seen_accuracy']:.3f} | {gen['held_out_accuracy']:.3f} "
         f"| {gen['digit_fd']:.2f} |",
         *(
-            f"| captionvae, latent temperature {psi} | {r['seen_accuracy']:.3f} "
+            f"| captionvae, latent temperature {psi}{chosen(psi)} | {r['seen_accuracy']:.3f} "
             f"| {r['held_out_accuracy']:.3f} | {r['digit_fd']:.2f} |"
             for psi, r in m.get("at_temperature", {}).items()
         ),
@@ -247,8 +264,14 @@ def write_table(result: dict, path: Path) -> None:
             else []
         ),
         "",
-        "Held-out pairs: "
+        "Held-out pairs at temperature 1: "
         + ", ".join(f"{k[0]}|{k[1]} {v:.2f}" for k, v in gen["held_out_per_pair"].items())
+        + "".join(
+            f"; at {psi}: "
+            + ", ".join(f"{k[0]}|{k[1]} {v:.2f}" for k, v in r["held_out_per_pair"].items())
+            for psi, r in m.get("at_temperature", {}).items()
+            if chosen(psi)
+        )
         + ". Targets (issue 13): >= 0.90 seen, >= 0.75 held out.",
         "",
         f"Sampling: {gen['sample_cpu_s_per_100']} CPU-s per 100 samples. Whole benchmark: "
@@ -340,7 +363,7 @@ def main() -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
     write_table(result, RESULTS / f"{name}.md")
     if not (args.smoke or args.dev):
-        picture(model, ROOT.parent / "docs" / "img" / "captions.png", args.seed)
+        picture(model, PICTURE_PATH, args.seed, (1.0, *TEMPERATURES[:1]))
     gen = result["generated"]
     print(
         f"seen {gen['seen_accuracy']:.3f}, held out {gen['held_out_accuracy']:.3f}, "
