@@ -96,11 +96,17 @@ def test_cli_label_errors_exit_2_with_one_line(cli_store, tmp_path, capsys):
         ("made-cond-digits", "two", "bad value 'two' for --label"),
     ]
     for name, label, message in cases:
-        out = tmp_path / f"{name}-{label}.npy"
-        assert _sample_cli(uri, out, "--model", name, "--n", "3", "--label", label) == 2
-        err = capsys.readouterr().err.strip().splitlines()[-1]
-        assert err.startswith("genmodels sample: error: ") and message in err, err
-        assert not out.exists()
+        _check_cli_error(uri, tmp_path, capsys, name, ("--label", label), message)
+
+
+def _check_cli_error(uri, tmp_path, capsys, name: str, flag: tuple, message: str) -> None:
+    """``genmodels sample --model name *flag`` exits 2 with one line holding ``message`` and
+    writes nothing."""
+    out = tmp_path / f"{name}{''.join(flag)}.npy"
+    assert _sample_cli(uri, out, "--model", name, "--n", "3", *flag) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("genmodels sample: error: ") and message in err, err
+    assert not out.exists()
 
 
 def test_cli_sample_at_a_latent_temperature(cli_store, tmp_path, capsys):
@@ -120,11 +126,7 @@ def test_cli_sample_at_a_latent_temperature(cli_store, tmp_path, capsys):
         ("vae-digits", "nan", "bad value nan for --temperature"),
         ("made-digits", "0.5", "made-digits v1 (made) has no latent temperature"),
     ]:
-        out = tmp_path / f"{name}{value}.npy"
-        assert _sample_cli(uri, out, "--model", name, "--n", "3", "--temperature", value) == 2
-        err = capsys.readouterr().err.strip().splitlines()[-1]
-        assert err.startswith("genmodels sample: error: ") and message in err, err
-        assert not out.exists()
+        _check_cli_error(uri, tmp_path, capsys, name, ("--temperature", value), message)
 
 
 # ---------------------------------------------------------------------------------------- Serve
