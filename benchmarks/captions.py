@@ -39,7 +39,6 @@ Results: ``benchmarks/results/captions.json`` and ``captions.md`` (``--smoke``:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -52,6 +51,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 import genmodels  # noqa: E402
+from genmodels.base import check_latent_temperature  # noqa: E402
 from genmodels.quality import _features_and_logits, frechet_distance, train_yardstick  # noqa: E402
 from genmodels.text import DIGIT_WORDS  # noqa: E402
 from pipelines import captions as C  # noqa: E402
@@ -203,7 +203,7 @@ def picture(model, path: Path, seed: int, psis: tuple[float, ...] = (1.0,), per:
     draw = ImageDraw.Draw(img)
     for k, psi in enumerate(psis):
         draw.text((label_w + k * block, 2), f"latent temperature {psi:g}", fill=0)
-        model.config = dataclasses.replace(model.config, latent_temperature=psi)
+        genmodels.set_latent_temperature(model, psi)
         g = torch.Generator().manual_seed(seed + 2)
         for i, (text, held) in enumerate(rows):
             with torch.no_grad():
@@ -215,7 +215,7 @@ def picture(model, path: Path, seed: int, psis: tuple[float, ...] = (1.0,), per:
                 cell = (255 * (1 - x[j, 0].numpy())).astype(np.uint8)
                 tile = Image.fromarray(cell).resize((w, h), Image.NEAREST)
                 img.paste(tile, (label_w + k * block + j * (w + gap), y0))
-    model.config = dataclasses.replace(model.config, latent_temperature=1.0)
+    genmodels.set_latent_temperature(model, 1.0)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
 
@@ -303,8 +303,11 @@ def main() -> None:
     )
     args = ap.parse_args()
     psis = args.temperature if args.temperature is not None else TEMPERATURES
-    if any(not (0.0 <= t < float("inf")) for t in psis):
-        ap.error(f"--temperature must be a number >= 0, got {psis}")
+    try:
+        for t in psis:
+            check_latent_temperature("--temperature", t)
+    except ValueError as e:
+        ap.error(str(e))
     if args.budget <= 0 or args.per_caption < 1:
         ap.error(
             f"--budget must be > 0 and --per-caption >= 1, got {args.budget}, {args.per_caption}"
@@ -351,12 +354,12 @@ def main() -> None:
     }
     result["at_temperature"] = {}
     for psi in [t for t in psis if t != 1.0]:  # the same weights and (scaled) draws
-        model.config = dataclasses.replace(model.config, latent_temperature=psi)
+        genmodels.set_latent_temperature(model, psi)
         result["at_temperature"][f"{psi:g}"] = generated(
             model, yardstick, args.per_caption, sample_seed, reference
         )
         print(f"temperature {psi:g}: {result['at_temperature'][f'{psi:g}']}", flush=True)
-    model.config = dataclasses.replace(model.config, latent_temperature=1.0)
+    genmodels.set_latent_temperature(model, 1.0)
     result["total_cpu_seconds"] = round(time.process_time() - cpu0, 1)
     name = "captions-smoke" if args.smoke else "captions-dev" if args.dev else "captions"
     RESULTS.mkdir(exist_ok=True)

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import dataclasses
 import json
 import math
 import sys
@@ -55,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nll
 
 import genmodels
+from genmodels.base import check_latent_temperature
 from genmodels.quality import _features_and_logits, frechet_distance, train_yardstick
 
 NUM_CLASSES = 10
@@ -197,10 +197,11 @@ def run_entry(entry: str, data, yardstick, args) -> list[tuple[str, dict]]:
     budget = entry_budget(entry, args)
     model, facts = train(entry, data, budget, args.batch_size, train_seed)
     labels = torch.arange(NUM_CLASSES).repeat_interleave(args.per_class)
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in ENTRIES[entry][1].items()}
     out = []
     for psi in entry_temperatures(entry, args):
         if psi != 1.0:  # sampling only: the trained weights are the same
-            model.config = dataclasses.replace(model.config, latent_temperature=psi)
+            genmodels.set_latent_temperature(model, psi)
         # the same draws at every temperature (scaled codes): a paired comparison
         g = torch.Generator().manual_seed(args.seed + (1001 if args.dev else 1))
         cpu0, parts = time.process_time(), []
@@ -209,7 +210,6 @@ def run_entry(entry: str, data, yardstick, args) -> list[tuple[str, dict]]:
                 parts.append(model.sample(len(chunk), generator=g, condition={"label": chunk}))
         sample_cpu = time.process_time() - cpu0
         x = torch.cat(parts).float()
-        config = {k: list(v) if isinstance(v, tuple) else v for k, v in ENTRIES[entry][1].items()}
         row = {
             "entry": entry,
             "family": ENTRIES[entry][0],
@@ -357,8 +357,11 @@ def main() -> None:
     for entry in entries:
         family = ENTRIES[entry][0]
         psis = entry_temperatures(entry, args)
-        if any(not (0.0 <= t < math.inf) for t in psis):
-            ap.error(f"--temperature must be a number >= 0, got {args.temperature}")
+        try:
+            for t in psis:
+                check_latent_temperature("--temperature", t)
+        except ValueError as e:
+            ap.error(str(e))
         if len(psis) > 1 and "latent_temperature" not in genmodels.make_config(family).__dict__:
             ap.error(f"--temperature: entry {entry} ({family}) has no latent_temperature")
     if args.per_class < 3:

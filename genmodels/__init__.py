@@ -43,6 +43,7 @@ from .base import (
     family_class,
     from_export,
     make_config,
+    set_latent_temperature,
 )
 
 __all__ = [
@@ -61,5 +62,6 @@ __all__ = [
     "family_class",
     "from_export",
     "make_config",
+    "set_latent_temperature",
 ]
 __version__ = "0.1.0"

@@ -624,6 +624,16 @@ def check_latent_temperature(family: str, temperature: float) -> None:
         raise ValueError(f"{family}: latent_temperature must be a number >= 0, got {temperature}")
 
 
+def set_latent_temperature(model: GenerativeModel, temperature: float) -> None:
+    """Make ``model`` sample at latent temperature ``temperature`` from now on (its config's
+    ``latent_temperature``; the weights and every other method are unchanged). A ``ValueError``
+    naming the family for a bad value or a family without the option."""
+    if not hasattr(model.config, "latent_temperature"):
+        raise ValueError(f"{model.family}: has no latent_temperature option")
+    check_latent_temperature(model.family, temperature)
+    model.config = dataclasses.replace(model.config, latent_temperature=temperature)
+
+
 def prior_draw(
     n: int,
     dim: int,

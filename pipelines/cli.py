@@ -388,7 +388,7 @@ def cmd_sample(args) -> int:
                 f"{args.model} v{info['version']} ({model.family}) has no latent temperature "
                 "(gan, vae and captionvae have): drop --temperature"
             )
-        model.config = dataclasses.replace(model.config, latent_temperature=psi)
+        genmodels.set_latent_temperature(model, psi)
     if not 1 <= args.n <= model.sample_limit:
         raise CLIError(f"bad value {args.n} for --n (1..{model.sample_limit} for {model.family})")
     if labels is not None and "condition:label" not in model.capabilities:

@@ -119,3 +119,16 @@ def test_the_vae_likelihood_ignores_the_temperature():
     model.config = dataclasses.replace(model.config, latent_temperature=0.3)
     after = model.log_prob(x, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(before, after)
+
+
+def test_set_latent_temperature_checks_the_value_and_the_family():
+    shape, config, _ = FAMILIES["vae"]
+    vae = genmodels.build("vae", shape, **config)
+    genmodels.set_latent_temperature(vae, 0.5)
+    assert vae.config.latent_temperature == 0.5
+    with pytest.raises(ValueError, match="vae: latent_temperature"):
+        genmodels.set_latent_temperature(vae, -1.0)
+    assert vae.config.latent_temperature == 0.5  # a refused value changes nothing
+    made = genmodels.build("made", shape, hidden_sizes=(8,))
+    with pytest.raises(ValueError, match="made: has no latent_temperature"):
+        genmodels.set_latent_temperature(made, 0.5)
