@@ -43,6 +43,9 @@ Rows (the classifier architecture is the family's own, the code path the same):
   alpha-weighted cross-entropy only (the labelled ELBO does not reach it);
 * ``m2vae-shift2`` and ``m2vae-shift2-labels-only``: the same two with ``shift = 2`` (every
   training digit translated, as for ssgan; ``genmodels.m2vae``);
+* ``m1m2vae``, ``m1m2vae-shift2`` and their ``-labels-only`` rows: Kingma's stacked M1+M2
+  (``m1_latent_dim`` 50, M1's hidden layers 600-600 as in the paper; ``genmodels.m2vae``), M2
+  reading M1's codes, the two trained together from the first step;
 * ``*-supervised``: the same labels-only training on all 4,000 train labels (the ceiling), one
   run each (``--baseline-budget``).
 
@@ -88,6 +91,7 @@ ROWS = RESULTS / "semisupervised"
 
 DEV_SEED_OFFSET = 1000  # --dev draw d uses seed 1000 * --seed + 1000 + d
 M2_CONFIG = {"latent_dim": 50, "hidden_sizes": (500,), "lr": 1e-3}
+M1M2_CONFIG = {**M2_CONFIG, "m1_latent_dim": 50, "m1_hidden_sizes": (600, 600)}  # Kingma's M1
 
 # method -> (family, config overrides, uses unlabelled data, baseline)
 METHODS: dict[str, tuple[str, dict, bool]] = {
@@ -99,6 +103,10 @@ METHODS: dict[str, tuple[str, dict, bool]] = {
     "m2vae-labels-only": ("m2vae", M2_CONFIG, False),
     "m2vae-shift2": ("m2vae", {**M2_CONFIG, "shift": 2}, True),
     "m2vae-shift2-labels-only": ("m2vae", {**M2_CONFIG, "shift": 2}, False),
+    "m1m2vae": ("m2vae", M1M2_CONFIG, True),
+    "m1m2vae-labels-only": ("m2vae", M1M2_CONFIG, False),
+    "m1m2vae-shift2": ("m2vae", {**M1M2_CONFIG, "shift": 2}, True),
+    "m1m2vae-shift2-labels-only": ("m2vae", {**M1M2_CONFIG, "shift": 2}, False),
 }
 # CPU-s per semi-supervised run where it is not DEFAULT_BUDGET: ssgan-shift2's 960 was chosen on
 # the dev rows (--dev, validation split, dev label draws: 90.7 % at 480, 95.1 % at 960), no test.
@@ -109,6 +117,8 @@ SUPERVISED = {
     "ssgan-shift2-supervised": "ssgan-shift2-labels-only",
     "m2vae-supervised": "m2vae-labels-only",
     "m2vae-shift2-supervised": "m2vae-shift2-labels-only",
+    "m1m2vae-supervised": "m1m2vae-labels-only",
+    "m1m2vae-shift2-supervised": "m1m2vae-shift2-labels-only",
 }
 
 

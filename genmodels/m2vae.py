@@ -42,6 +42,25 @@ by its own random offset of up to ``shift`` pixels each way, zeros shifted in
 alike, then learns from translated digits; scoring, ``classify`` and sampling are unchanged.
 Not in the paper; for the bundled 4,000 digits, where the labels-only classifier overfits 100
 labels.
+
+``m1_latent_dim`` > 0 (default 0: M2 alone) is Kingma's stacked model **M1+M2**: an M1 VAE
+q(z1 | x) = N(mu1(x), diag sigma1^2(x)), p(x | z1) Bernoulli (``m1_hidden_sizes``; its own prior
+N(0, I) in its bound), and M2 above it with the continuous z1 as its data: the networks above take
+z1 for x, and p(z1 | y, z2) is a diagonal Gaussian with learned mean and log-variance. Training
+minimises, per batch row, M1's negative ELBO on the pixels plus M2's loss (as above) on one draw
+z1 ~ q(z1 | x) with the gradient stopped at z1: M1 is the unsupervised VAE of the paper, fitted
+on every digit, and M2 learns from its codes; the paper fits M1 first, here both train from the
+first step (one model, one optimiser, the pipelines' phases unchanged). ``classify(x)`` =
+log q(y | mu1(x)), the classifier on the code's mean. The generative model is the stack,
+p(x) = sum_y p(y) int p(z2) p(z1 | y, z2) p(x | z1) dz2 dz1: ``sample`` draws down it, and the
+estimate draws z1_i ~ q(z1 | x) and, for each class, z2 ~ q(z2 | z1_i, y):
+
+    p^(x) = (1/k) sum_i [p(x | z1_i) / q(z1_i | x)] sum_y p(y) p(z1_i | y, z2_iy) p(z2_iy)
+                                                              / q(z2_iy | z1_i, y),
+
+unbiased for p(x) (the inner sum is unbiased for M2's p(z1_i)), so its log is a stochastic lower
+bound; the condition ``{"label": y}`` keeps one class. ``elbo(x)`` is the stack's bound with one
+draw: log p(x | z1) - log q(z1 | x) + U(z1).
 """
 
 from __future__ import annotations
@@ -79,6 +98,8 @@ class M2Config(BaseConfig):
     eval_chunk: int = 10
     lr: float = 1e-3
     shift: int = 0  # training digits randomly translated by up to this many pixels
+    m1_latent_dim: int = 0  # > 0: M1+M2, M2 on the codes z1 of an M1 VAE with this many dims
+    m1_hidden_sizes: tuple[int, ...] = (600, 600)  # M1's encoder (its decoder: reversed)
 
 
 @register
@@ -104,11 +125,19 @@ class M2VAE(GenerativeModel):
             raise ValueError("m2vae: latent_dim, eval_k and eval_chunk must be >= 1")
         if not config.alpha >= 0:
             raise ValueError(f"m2vae: alpha must be >= 0, got {config.alpha}")
+        if config.m1_latent_dim < 0:
+            raise ValueError(f"m2vae: m1_latent_dim must be >= 0, got {config.m1_latent_dim}")
         check_shift("m2vae", config.shift, self.input_shape)
         d, h, z, k = self.num_dims, config.hidden_sizes, config.latent_dim, config.num_classes
-        self.classifier = mlp((d, *h, k))  # q(y | x)
-        self.encoder = mlp((d + k, *h, 2 * z))  # q(z | x, y)
-        self.decoder = mlp((z + k, *reversed(h), d))  # p(x | y, z)
+        z1 = config.m1_latent_dim
+        if z1:  # M1+M2: M1 on the pixels, M2 on its codes (a Gaussian p(z1 | y, z2))
+            m1h = config.m1_hidden_sizes
+            self.m1_encoder = mlp((d, *m1h, 2 * z1))  # q(z1 | x)
+            self.m1_decoder = mlp((z1, *reversed(m1h), d))  # p(x | z1)
+        u = z1 or d  # M2's data: the pixels, or the codes
+        self.classifier = mlp((u, *h, k))  # q(y | u)
+        self.encoder = mlp((u + k, *h, 2 * z))  # q(z | u, y)
+        self.decoder = mlp((z + k, *reversed(h), 2 * u if z1 else u))  # p(u | y, z)
 
     # ------------------------------------------------------------------------------ networks
     @property
@@ -132,11 +161,32 @@ class M2VAE(GenerativeModel):
         return out[..., :zdim], out[..., zdim:].clamp(-12.0, 8.0)
 
     def decoder_log_prob(self, x: Tensor, y: Tensor, z: Tensor) -> Tensor:
-        """log p(x | y, z) ``(...)`` for ``x`` ``(..., D)``, ``y`` ``(...)``, ``z`` ``(..., Z)``."""
+        """log p(x | y, z) ``(...)`` for M2's data ``x`` ``(..., D)`` (the pixels; with M1, the
+        codes z1 under a Gaussian), ``y`` ``(...)``, ``z`` ``(..., Z)``."""
         onehot = self._onehot(y).expand(*z.shape[:-1], self.config.num_classes)
-        logits = self.decoder(torch.cat([z, onehot], -1))
+        out = self.decoder(torch.cat([z, onehot], -1))
+        if self.config.m1_latent_dim:
+            mean, logvar = out.chunk(2, -1)
+            logvar = logvar.clamp(-12.0, 8.0)
+            return -0.5 * (LOG_2PI + logvar + (x - mean).pow(2) / logvar.exp()).sum(-1)
+        target = x.expand_as(out)
+        return -F.binary_cross_entropy_with_logits(out, target, reduction="none").sum(-1)
+
+    # ------------------------------------------------------------------------------- M1 (stack)
+    def m1_encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and log-variance of M1's q(z1 | x) for flattened ``x``."""
+        mu, logvar = self.m1_encoder(x).chunk(2, -1)
+        return mu, logvar.clamp(-12.0, 8.0)
+
+    def m1_log_lik(self, x: Tensor, z1: Tensor) -> Tensor:
+        """log p(x | z1) ``(...)``: M1's Bernoulli decoder, ``x`` ``(B, D)``, ``z1`` ``(..., B, Z1)``."""
+        logits = self.m1_decoder(z1)
         target = x.expand_as(logits)
         return -F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
+
+    def features(self, x: Tensor) -> Tensor:
+        """What M2's classifier reads for flattened ``x``: the pixels, or (M1+M2) mu1(x)."""
+        return self.m1_encode(x)[0] if self.config.m1_latent_dim else x
 
     def class_elbo(self, x: Tensor, y: Tensor, eps: Tensor) -> Tensor:
         """ELBO(x, y) with one reparameterised draw: ``x`` ``(B, D)``, ``y`` ``(..., B)``, noise
@@ -175,11 +225,12 @@ class M2VAE(GenerativeModel):
 
     # ------------------------------------------------------------------------------ training
     def forward(self, batch: Mapping[str, Tensor], phase: str = "main") -> dict[str, Tensor]:
-        """Batch mean of -ELBO(x, y) + alpha CE (labelled rows) and -U(x) (unlabelled rows).
+        """Batch mean of -ELBO(x, y) + alpha CE (labelled rows) and -U(x) (unlabelled rows);
+        with M1, plus M1's -ELBO(x) on every row, M2's terms read on z1 ~ q(z1 | x).
 
         Noise: one ``randn`` of ``(K, B_unlabelled, Z)`` for the unlabelled rows (in row order),
         then one of ``(B_labelled, Z)`` for the labelled rows, from the global RNG (after the
-        offsets of ``shift``, when it is on)."""
+        offsets of ``shift``, when it is on, and with M1 after one ``(B, Z1)`` for z1)."""
         x = batch["x"].to(self._dtype)
         if self.config.shift and self.training:  # a fresh translation per row and step
             x = random_shift(x.reshape(len(x), *self.input_shape), self.config.shift)
@@ -187,9 +238,17 @@ class M2VAE(GenerativeModel):
         y = self._labels(batch, len(x), x.device)
         k, zdim = self.config.num_classes, self.config.latent_dim
         lab, unl = (y >= 0).nonzero().squeeze(1), (y < 0).nonzero().squeeze(1)
-        log_q = self.class_log_probs(x)
         total = x.new_zeros(())
         metrics: dict[str, Tensor] = {}
+        if self.config.m1_latent_dim:  # M1's bound on every row; M2 below reads a draw of z1
+            mu1, logvar1 = self.m1_encode(x)
+            z1 = mu1 + torch.randn_like(mu1) * (0.5 * logvar1).exp()
+            kl1 = 0.5 * (mu1.pow(2) + logvar1.exp() - 1.0 - logvar1).sum(-1)
+            elbo1 = self.m1_log_lik(x, z1) - kl1
+            total = total - elbo1.sum()
+            metrics["elbo_m1"] = elbo1.mean().detach()
+            x = z1.detach()  # the gradient stops here: M1 is fitted by its own bound alone
+        log_q = self.class_log_probs(x)
         if len(unl):
             xu = x[unl]
             eps = self._randn((k, len(xu), zdim), None, x.device)
@@ -225,30 +284,54 @@ class M2VAE(GenerativeModel):
 
     @torch.no_grad()
     def classify(self, x: Tensor) -> Tensor:
-        """log q(y | x) ``(B, K)``."""
-        return self.class_log_probs(self.check_input(x).to(self._dtype).flatten(1))
+        """log q(y | x) ``(B, K)`` (M1+M2: log q(y | mu1(x)))."""
+        x = self.check_input(x).to(self._dtype).flatten(1)
+        return self.class_log_probs(self.features(x))
 
     def elbo(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """The enumerated bound U(x) ``(B,)`` with one draw of z per class (a lower bound on
-        log p(x) in expectation)."""
+        log p(x) in expectation); M1+M2: log p(x | z1) - log q(z1 | x) + U(z1), one draw of z1
+        (drawn first)."""
         x = self.check_input(x).to(self._dtype).flatten(1)
         k, zdim = self.config.num_classes, self.config.latent_dim
+        outer = x.new_zeros(len(x))
+        if self.config.m1_latent_dim:
+            mu1, logvar1 = self.m1_encode(x)
+            eps1 = self._randn(tuple(mu1.shape), generator, x.device)
+            z1 = mu1 + eps1 * (0.5 * logvar1).exp()
+            log_q1 = -0.5 * (eps1.pow(2) + LOG_2PI + logvar1).sum(-1)
+            outer = self.m1_log_lik(x, z1) - log_q1
+            x = z1
         elbos = self.all_class_elbos(x, self._randn((k, len(x), zdim), generator, x.device))
-        return self.unlabelled_bound(self.class_log_probs(x), elbos)
+        return outer + self.unlabelled_bound(self.class_log_probs(x), elbos)
 
     def log_weights(self, x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
-        """log p(x, z_i | y) - log q(z_i | x, y) for k draws per class → ``(k, B, K)``."""
+        """Log importance weights for k draws per class → ``(k, B, K)``: log p(x, z_i | y) -
+        log q(z_i | x, y); M1+M2: the draw i shares z1_i ~ q(z1 | x) across the classes and the
+        weight is log p(x | z1_i) - log q(z1_i | x) + log p(z1_i, z2_iy | y) - log q(z2_iy |
+        z1_i, y). Noise per chunk of draws: ``(m, B, Z1)`` for z1 (M1+M2), ``(m, K, B, Z)``."""
         x = x.to(self._dtype).flatten(1)
         kk, zdim = self.config.num_classes, self.config.latent_dim
         y = torch.arange(kk, device=x.device).unsqueeze(1).expand(kk, len(x))  # (K, B)
-        mu, logvar = self.encode(x, y)  # (K, B, Z)
+        stacked = bool(self.config.m1_latent_dim)
+        if stacked:
+            mu1, logvar1 = self.m1_encode(x)
+        else:
+            mu, logvar = self.encode(x, y)  # (K, B, Z)
         chunks = []
         for start in range(0, k, self.config.eval_chunk):
             m = min(self.config.eval_chunk, k - start)
+            outer, u = 0.0, x
+            if stacked:
+                eps1 = self._randn((m, *mu1.shape), generator, x.device)
+                u = (mu1 + eps1 * (0.5 * logvar1).exp()).unsqueeze(1)  # (m, 1, B, Z1)
+                log_q1 = -0.5 * (eps1.pow(2) + LOG_2PI + logvar1).sum(-1)
+                outer = (self.m1_log_lik(x, u.squeeze(1)) - log_q1).unsqueeze(1)  # (m, 1, B)
+                mu, logvar = self.encode(u, y.expand(m, kk, len(x)))  # (m, K, B, Z)
             eps = self._randn((m, kk, len(x), zdim), generator, x.device)
             z = mu + eps * (0.5 * logvar).exp()
             log_q = -0.5 * (eps.pow(2) + LOG_2PI + logvar).sum(-1)
-            log_w = self.decoder_log_prob(x, y, z) + std_normal_log_prob(z) - log_q
+            log_w = outer + self.decoder_log_prob(u, y, z) + std_normal_log_prob(z) - log_q
             chunks.append(log_w.transpose(1, 2))  # (m, B, K)
         return torch.cat(chunks, 0)
 
@@ -263,17 +346,12 @@ class M2VAE(GenerativeModel):
             rows = torch.arange(len(x), device=x.device)
             estimate, stderr = importance_weighted(log_w[:, rows, labels])
             return estimate, stderr, f"conditional-iwae-k={k}"
-        # p^ = sum_y p(y) mean_i w_iy: the per-class means are independent estimates, so
-        # var(p^) = sum_y p(y)^2 var_i(w_iy) / k; the delta method gives sd(p^) / p^.
+        # p^ = (1/k) sum_i s_i with s_i = sum_y p(y) w_iy, independent over the draws i (for M2
+        # alone as well, where the classes' draws are independent too): the delta-method
+        # standard error of log p^ is that of the k log s_i.
         log_py = -math.log(self.config.num_classes)
-        estimate = torch.logsumexp(log_w.logsumexp(0) + log_py, -1) - math.log(k)
-        if k == 1:
-            return estimate, None, f"iwae-enum-y-k={k}"
-        shift = log_w.amax(dim=(0, 2), keepdim=True)
-        w = (log_w - shift).exp()  # (k, B, K), scaled by exp(-shift) per row
-        var = (w.var(0, unbiased=True) / k).sum(-1) * math.exp(2 * log_py)
-        p_hat = w.mean(0).sum(-1) * math.exp(log_py)
-        return estimate, var.sqrt() / p_hat, f"iwae-enum-y-k={k}"
+        estimate, stderr = importance_weighted(torch.logsumexp(log_w + log_py, -1))
+        return estimate, stderr, f"iwae-enum-y-k={k}"
 
     def log_prob(
         self, x: Tensor, generator: torch.Generator | None = None, condition: Condition = None
@@ -295,7 +373,11 @@ class M2VAE(GenerativeModel):
         if y is None:
             y = torch.randint(self.config.num_classes, (n,), generator=generator).to(device)
         z = self._randn((n, self.config.latent_dim), generator, device)
-        onehot = self._onehot(y)
-        p = torch.sigmoid(self.decoder(torch.cat([z, onehot], -1)))
+        out = self.decoder(torch.cat([z, self._onehot(y)], -1))
+        if self.config.m1_latent_dim:  # z1 ~ p(z1 | y, z2), then x ~ p(x | z1)
+            mean, logvar = out.chunk(2, -1)
+            eps = self._randn(tuple(mean.shape), generator, device)
+            out = self.m1_decoder(mean + eps * (0.5 * logvar.clamp(-12.0, 8.0)).exp())
+        p = torch.sigmoid(out)
         u = torch.rand(p.shape, generator=generator, dtype=p.dtype).to(device)
         return (u < p).to(p.dtype).view(n, *self.input_shape)

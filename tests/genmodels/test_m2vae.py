@@ -261,3 +261,145 @@ def test_shift_translates_the_training_digits_every_network_sees_in_training_onl
         genmodels.build("m2vae", input_shape=shape, shift=-1)
     with pytest.raises(ValueError, match=r"shift needs image inputs \(C, H, W\)"):
         genmodels.build("m2vae", input_shape=(6,), shift=1)
+
+
+# ------------------------------------------------------------------------------ M1+M2 (stacked)
+def build_stacked(d: int = 3, seed: int = 0, **config) -> M2VAE:
+    """M1+M2 with 1-d codes z1 and 1-d z2 (for quadrature), 3 classes."""
+    tiny = {"latent_dim": 1, "m1_latent_dim": 1, "m1_hidden_sizes": (8,)}
+    return build(d=d, seed=seed, **{**tiny, **config})
+
+
+def tame(model: M2VAE, seed: int) -> M2VAE:
+    """Weights for the quadrature checks: p(x | z1) and q(y | z1) that vary strongly, p(z1 | y,
+    z2) with moderate means and a log-variance near its bias; proposals q(z1 | x) = N(0, 2^2) (wider than M2's
+    p(z1)) and q(z2 | z1, y) = N(0, 1) (the prior): importance weights of finite variance."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in [*model.m1_decoder.parameters(), *model.classifier.parameters()]:
+            p.copy_(torch.randn(p.shape, generator=g) * 1.5)
+        for p in model.decoder.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        model.decoder[-1].weight[1:] *= 0.1  # the log-variance: near its bias, sd near 1
+        for net, log_sd in ((model.m1_encoder, math.log(2.0)), (model.encoder, 0.0)):
+            net[-1].weight.zero_()
+            net[-1].bias.copy_(torch.tensor([0.0, 2 * log_sd]))
+    return model
+
+
+def stacked_quadrature(model: M2VAE, x: torch.Tensor) -> torch.Tensor:
+    """log p(x | y) ``(B, K)`` of the stack by quadrature over (z1, z2) on grids; asserts the
+    grids resolve p(z1 | y, z2)."""
+    model = model.double()
+    z2 = torch.linspace(-8, 8, 801, dtype=torch.float64).unsqueeze(1)
+    z1 = torch.linspace(-12, 12, 2401, dtype=torch.float64).unsqueeze(1)
+    d2, d1 = 16 / 800, 24 / 2400
+    logits = model.m1_decoder(z1)  # (G1, D)
+    log_px = -F.binary_cross_entropy_with_logits(
+        logits.unsqueeze(0).expand(len(x), -1, -1),
+        x.double().unsqueeze(1).expand(-1, len(z1), -1),
+        reduction="none",
+    ).sum(-1)  # (B, G1)
+    log_pz2 = -0.5 * (z2.squeeze(1) ** 2 + math.log(2 * math.pi))
+    out = []
+    for c in range(model.config.num_classes):
+        onehot = torch.zeros(len(z2), model.config.num_classes, dtype=torch.float64)
+        onehot[:, c] = 1
+        mean, logvar = model.decoder(torch.cat([z2, onehot], 1)).chunk(2, 1)  # (G2, 1)
+        logvar = logvar.clamp(-12, 8)
+        assert logvar.min() > -3.0  # sd > 0.2: 20 grid steps per sd at least
+        log_pz1 = -0.5 * (math.log(2 * math.pi) + logvar + (z1.T - mean) ** 2 / logvar.exp())
+        joint = log_pz1 + log_pz2.unsqueeze(1)  # (G2, G1)
+        log_prior_z1 = torch.logsumexp(joint, 0) + math.log(d2)  # log p(z1 | y) (G1,)
+        out.append(torch.logsumexp(log_px + log_prior_z1, 1) + math.log(d1))
+    model.float()
+    return torch.stack(out, 1)
+
+
+def test_stacked_log_prob_matches_quadrature_over_both_latents():
+    model = tame(build_stacked(eval_k=20000, eval_chunk=5000), seed=1).eval()
+    states = binary_states((3,))
+    exact_cond = stacked_quadrature(model, states)  # (8, K)
+    exact = torch.logsumexp(exact_cond - math.log(3), 1).float()
+    assert exact.exp().sum().item() == pytest.approx(1.0, abs=1e-4)  # the quadrature is right
+    assert exact.max() - exact.min() > 1.0
+    res = model.score(states, generator=torch.Generator().manual_seed(0))
+    assert res.method == "iwae-enum-y-k=20000"
+    assert (res.stderr > 0).all() and (res.stderr < 0.1).all()
+    assert ((res.log_prob - exact).abs() < 4 * res.stderr + 1e-3).all(), (res.log_prob, exact)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    cond = model.score(states, generator=torch.Generator().manual_seed(0), condition={"label": y})
+    want = exact_cond[torch.arange(8), y].float()
+    assert ((cond.log_prob - want).abs() < 4 * cond.stderr + 1e-3).all(), (cond.log_prob, want)
+    # Control: M1 alone under its own N(0, 1) prior is another density; the estimate is not it.
+    z1 = torch.linspace(-12, 12, 2401).unsqueeze(1)
+    log_px = -F.binary_cross_entropy_with_logits(
+        model.m1_decoder(z1).unsqueeze(0).expand(8, -1, -1),
+        states.unsqueeze(1).expand(-1, len(z1), -1),
+        reduction="none",
+    ).sum(-1)
+    m1_alone = torch.logsumexp(log_px - 0.5 * (z1.T**2 + math.log(2 * math.pi)), 1) + math.log(0.01)
+    assert (res.log_prob - m1_alone).abs().max() > 0.1
+    # The stack's training bound lies below (one draw each: check the mean of many).
+    g = torch.Generator().manual_seed(1)
+    bound = torch.stack([model.elbo(states, g) for _ in range(200)]).mean(0)
+    assert (bound < exact).all(), (bound, exact)
+
+
+def test_stacked_conditional_samples_follow_the_stack():
+    model = tame(build_stacked(), seed=2).eval()
+    states = binary_states((3,))
+    probs = stacked_quadrature(model, states).exp().float()  # (8, K)
+    x = model.sample(20000, generator=torch.Generator().manual_seed(0), condition={"label": 1})
+    freq = torch.bincount((x @ torch.tensor([4.0, 2.0, 1.0])).long(), minlength=8) / 20000
+    assert (freq - probs[:, 1]).abs().max() < 0.015
+    assert (freq - probs[:, 0]).abs().max() > 0.05  # control: the class matters
+
+
+def test_stacked_loss_is_m1_bound_plus_m2_on_a_code_draw_with_the_gradient_stopped():
+    model = tame(build_stacked(d=6, seed=4), seed=3)
+    x, k = binary(5), 3
+    torch.manual_seed(7)
+    loss = model({"x": x, "y": torch.full((5,), -1)})["loss"]
+    torch.manual_seed(7)
+    eps1, eps2 = torch.randn(5, 1), torch.randn(k, 5, 1)  # z1 first, then (K, B, Z)
+    h = model.m1_encoder(x)
+    mu1, logvar1 = h[:, :1], h[:, 1:]
+    z1 = mu1 + eps1 * torch.exp(logvar1 / 2)
+    logits = model.m1_decoder(z1)
+    log_lik = (x * F.logsigmoid(logits) + (1 - x) * F.logsigmoid(-logits)).sum(1)
+    elbo1 = log_lik - 0.5 * (mu1**2 + logvar1.exp() - 1 - logvar1).sum(1)
+
+    def m2_bound(u: torch.Tensor) -> torch.Tensor:  # U(z1) written out, Gaussian p(z1 | y, z2)
+        elbos = []
+        for c in range(k):
+            onehot = F.one_hot(torch.full((5,), c), k).float()
+            mu, logvar = model.encoder(torch.cat([u, onehot], 1)).chunk(2, 1)
+            z = mu + eps2[c] * torch.exp(logvar / 2)
+            mean, lv = model.decoder(torch.cat([z, onehot], 1)).chunk(2, 1)
+            log_p = -0.5 * (math.log(2 * math.pi) + lv + (u - mean) ** 2 / lv.exp()).sum(1)
+            kl = 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum(1)
+            elbos.append(log_p - kl - math.log(k))
+        log_q = model.classifier(u).log_softmax(1)
+        return (log_q.exp() * (torch.stack(elbos, 1) - log_q)).sum(1)
+
+    want = (-elbo1 - m2_bound(z1.detach())).mean()
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+    m1 = list(model.m1_encoder.parameters())
+    got = torch.autograd.grad(loss, m1, retain_graph=True)
+    own = torch.autograd.grad((-elbo1).mean(), m1, retain_graph=True)  # M1's bound alone
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got, own, strict=True))
+    # Control: without the stop, M2's loss would reach M1's encoder.
+    joint = torch.autograd.grad((-elbo1 - m2_bound(z1)).mean(), m1)
+    assert any(not torch.allclose(a, b, atol=1e-4) for a, b in zip(joint, own, strict=True))
+
+
+def test_stacked_classify_reads_the_code_mean():
+    model = build_stacked(d=6).eval()
+    x = binary(5)
+    out = model.classify(x)
+    mu1 = model.m1_encoder(x)[:, :1]
+    assert torch.allclose(out, model.classifier(mu1).log_softmax(1))
+    assert not torch.allclose(out, model.classify(1 - x))  # control: it reads x
+    with pytest.raises(ValueError, match="m1_latent_dim must be >= 0"):
+        build(m1_latent_dim=-1)
