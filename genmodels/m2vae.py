@@ -43,6 +43,12 @@ alike, then learns from translated digits; scoring, ``classify`` and sampling ar
 Not in the paper; for the bundled 4,000 digits, where the labels-only classifier overfits 100
 labels.
 
+``classifier_noise`` (default 0, Kingma's model): in training, q(y | x) reads its input plus
+Gaussian noise of this sd (a fresh draw per row and step, after ``shift``), in both the
+unlabelled bound and the labelled cross-entropy; the encoder and decoder read the input as it
+is, and ``classify`` reads it without noise. Not in the paper: the regulariser of the K+1 GAN's
+classifier (``ssgan``'s ``input_noise``), for a classifier fitted to 100 labels.
+
 ``m1_latent_dim`` > 0 (default 0: M2 alone) is Kingma's stacked model **M1+M2**: an M1 VAE
 q(z1 | x) = N(mu1(x), diag sigma1^2(x)), p(x | z1) Bernoulli (``m1_hidden_sizes``; its own prior
 N(0, I) in its bound), and M2 above it with the continuous z1 as its data: the networks above take
@@ -100,6 +106,7 @@ class M2Config(BaseConfig):
     shift: int = 0  # training digits randomly translated by up to this many pixels
     m1_latent_dim: int = 0  # > 0: M1+M2, M2 on the codes z1 of an M1 VAE with this many dims
     m1_hidden_sizes: tuple[int, ...] = (600, 600)  # M1's encoder (its decoder: reversed)
+    classifier_noise: float = 0.0  # sd of Gaussian noise on q(y|x)'s input in training
 
 
 @register
@@ -125,6 +132,8 @@ class M2VAE(GenerativeModel):
             raise ValueError("m2vae: latent_dim, eval_k and eval_chunk must be >= 1")
         if not config.alpha >= 0:
             raise ValueError(f"m2vae: alpha must be >= 0, got {config.alpha}")
+        if not config.classifier_noise >= 0:
+            raise ValueError(f"m2vae: classifier_noise must be >= 0, got {config.classifier_noise}")
         if config.m1_latent_dim < 0:
             raise ValueError(f"m2vae: m1_latent_dim must be >= 0, got {config.m1_latent_dim}")
         check_shift("m2vae", config.shift, self.input_shape)
@@ -248,7 +257,10 @@ class M2VAE(GenerativeModel):
             total = total - elbo1.sum()
             metrics["elbo_m1"] = elbo1.mean().detach()
             x = z1.detach()  # the gradient stops here: M1 is fitted by its own bound alone
-        log_q = self.class_log_probs(x)
+        noisy = x
+        if self.config.classifier_noise > 0 and self.training:  # q(y | x) reads a noisy copy
+            noisy = x + self.config.classifier_noise * torch.randn_like(x)
+        log_q = self.class_log_probs(noisy)
         if len(unl):
             xu = x[unl]
             eps = self._randn((k, len(xu), zdim), None, x.device)

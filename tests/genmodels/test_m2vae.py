@@ -403,3 +403,30 @@ def test_stacked_classify_reads_the_code_mean():
     assert not torch.allclose(out, model.classify(1 - x))  # control: it reads x
     with pytest.raises(ValueError, match="m1_latent_dim must be >= 0"):
         build(m1_latent_dim=-1)
+
+
+def test_classifier_noise_perturbs_only_what_q_reads_in_training():
+    x = binary(400, d=6)
+    batch = {"x": x, "y": torch.full((400,), -1)}
+    for noise, train in ((0.3, True), (0.0, True), (0.3, False)):
+        model = build(classifier_noise=noise).train(train)
+        seen: dict[str, torch.Tensor] = {}
+        hooks = [
+            net.register_forward_pre_hook(
+                lambda m, a, key=key, seen=seen: seen.setdefault(key, a[0])
+            )
+            for key, net in (("q", model.classifier), ("enc", model.encoder))
+        ]
+        torch.manual_seed(0)
+        model(batch)
+        for h in hooks:
+            h.remove()
+        assert torch.equal(seen["enc"][0, :, :6], x)  # q(z|x,y) sees the digits as they are
+        if noise and train:
+            assert (seen["q"] - x).std().item() == pytest.approx(0.3, rel=0.05)
+        else:
+            assert torch.equal(seen["q"], x)  # control: no noise, or evaluation
+    model = build(classifier_noise=0.3).eval()
+    assert torch.allclose(model.classify(x), model.classifier(x).log_softmax(1))
+    with pytest.raises(ValueError, match="classifier_noise must be >= 0"):
+        build(classifier_noise=-0.1)
