@@ -43,6 +43,10 @@ Rows (the classifier architecture is the family's own, the code path the same):
   alpha-weighted cross-entropy only (the labelled ELBO does not reach it);
 * ``m2vae-shift2`` and ``m2vae-shift2-labels-only``: the same two with ``shift = 2`` (every
   training digit translated, as for ssgan; ``genmodels.m2vae``);
+* ``m2vae-shift2-z5-noise`` and its ``-labels-only`` row: M2 with ``shift = 2``, 5 latent
+  dimensions (for Kingma's 50) and ``classifier_noise = 0.3`` (``genmodels.m2vae``), the recipe
+  the ``--dev`` rows chose (``M2_SMALL``): a small z leaves the class to y, so the generative
+  model's posterior over y, which the unlabelled bound pulls q(y|x) towards, says more;
 * ``m1m2vae``, ``m1m2vae-shift2`` and their ``-labels-only`` rows: Kingma's stacked M1+M2
   (``m1_latent_dim`` 50, M1's hidden layers 600-600 as in the paper; ``genmodels.m2vae``), M2
   reading M1's codes, the two trained together from the first step;
