@@ -77,7 +77,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from .base import (
     LOG_2PI,
@@ -94,6 +94,32 @@ from .layers import check_shift, random_shift
 from .vae import mlp
 
 
+class ConvClassifier(nn.Module):
+    """Logits ``(..., K)`` of flattened images ``(..., D)``: three 3x3 convolutions (width c,
+    then 2c twice at stride 2), ReLU, a hidden layer of 128 and the K outputs."""
+
+    def __init__(self, shape: tuple[int, ...], channels: int, k: int) -> None:
+        super().__init__()
+        c, h, w = shape
+        self.shape = shape
+        self.net = nn.Sequential(
+            nn.Conv2d(c, channels, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(2 * channels, 2 * channels, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(2 * channels * ((h + 3) // 4) * ((w + 3) // 4), 128),
+            nn.ReLU(),
+            nn.Linear(128, k),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        lead = x.shape[:-1]
+        return self.net(x.reshape(-1, *self.shape)).reshape(*lead, -1)
+
+
 @dataclass(frozen=True)
 class M2Config(BaseConfig):
     num_classes: int = 10
@@ -107,6 +133,7 @@ class M2Config(BaseConfig):
     m1_latent_dim: int = 0  # > 0: M1+M2, M2 on the codes z1 of an M1 VAE with this many dims
     m1_hidden_sizes: tuple[int, ...] = (600, 600)  # M1's encoder (its decoder: reversed)
     classifier_noise: float = 0.0  # sd of Gaussian noise on q(y|x)'s input in training
+    classifier_channels: int = 0  # > 0: q(y|x) is a small CNN of this width (an MLP at 0)
 
 
 @register
@@ -132,6 +159,10 @@ class M2VAE(GenerativeModel):
             raise ValueError("m2vae: latent_dim, eval_k and eval_chunk must be >= 1")
         if not config.alpha >= 0:
             raise ValueError(f"m2vae: alpha must be >= 0, got {config.alpha}")
+        if config.classifier_channels < 0:
+            raise ValueError(
+                f"m2vae: classifier_channels must be >= 0, got {config.classifier_channels}"
+            )
         if not config.classifier_noise >= 0:
             raise ValueError(f"m2vae: classifier_noise must be >= 0, got {config.classifier_noise}")
         if config.m1_latent_dim < 0:
@@ -144,7 +175,15 @@ class M2VAE(GenerativeModel):
             self.m1_encoder = mlp((d, *m1h, 2 * z1))  # q(z1 | x)
             self.m1_decoder = mlp((z1, *reversed(m1h), d))  # p(x | z1)
         u = z1 or d  # M2's data: the pixels, or the codes
-        self.classifier = mlp((u, *h, k))  # q(y | u)
+        if config.classifier_channels:  # a small CNN for q(y | x) on image inputs
+            if z1 or len(self.input_shape) != 3:
+                raise ValueError(
+                    "m2vae: classifier_channels needs image inputs (C, H, W) and no M1 "
+                    f"(m1_latent_dim = 0), got shape {self.input_shape}, m1_latent_dim {z1}"
+                )
+            self.classifier = ConvClassifier(self.input_shape, config.classifier_channels, k)
+        else:
+            self.classifier = mlp((u, *h, k))  # q(y | u)
         self.encoder = mlp((u + k, *h, 2 * z))  # q(z | u, y)
         self.decoder = mlp((z + k, *reversed(h), 2 * u if z1 else u))  # p(u | y, z)
 

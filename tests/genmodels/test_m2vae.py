@@ -430,3 +430,29 @@ def test_classifier_noise_perturbs_only_what_q_reads_in_training():
     assert torch.allclose(model.classify(x), model.classifier(x).log_softmax(1))
     with pytest.raises(ValueError, match="classifier_noise must be >= 0"):
         build(classifier_noise=-0.1)
+
+
+def test_classifier_channels_makes_q_a_cnn_over_the_image():
+    shape = (1, 6, 6)
+    x = torch.bernoulli(torch.full((5, *shape), 0.4), generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    model = genmodels.build(
+        "m2vae", input_shape=shape, num_classes=3, latent_dim=2, hidden_sizes=(8,),
+        classifier_channels=4,
+    ).eval()  # fmt: skip
+    convs = [m for m in model.classifier.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [4, 8, 8]
+    out = model.classify(x)
+    assert torch.allclose(out, model.classifier.net(x).log_softmax(1))
+    assert torch.allclose(out.logsumexp(1), torch.zeros(5), atol=1e-6)
+    # It reads the image's layout: the same pixels transposed give other class probabilities.
+    assert not torch.allclose(out, model.classify(x.transpose(2, 3)), atol=1e-4)
+    batch = {"x": x, "y": torch.tensor([0, -1, 2, -1, -1])}
+    model.train()(batch)["loss"].backward()
+    assert all(p.grad is not None for p in model.classifier.parameters())
+    with pytest.raises(ValueError, match=r"classifier_channels needs image inputs"):
+        build(classifier_channels=4)  # flat (6,) inputs
+    with pytest.raises(ValueError, match=r"classifier_channels needs image inputs"):
+        genmodels.build("m2vae", input_shape=shape, classifier_channels=4, m1_latent_dim=2)
+    with pytest.raises(ValueError, match="classifier_channels must be >= 0"):
+        build(classifier_channels=-1)
