@@ -48,6 +48,9 @@ Gaussian noise of this sd (a fresh draw per row and step, after ``shift``), in b
 unlabelled bound and the labelled cross-entropy; the encoder and decoder read the input as it
 is, and ``classify`` reads it without noise. Not in the paper: the regulariser of the K+1 GAN's
 classifier (``ssgan``'s ``input_noise``), for a classifier fitted to 100 labels.
+``classifier_channels`` > 0 (default 0: the MLP) makes q(y | x) a small CNN (``ConvClassifier``:
+3x3 convolutions of that width, then twice it twice at stride 2, a hidden layer of 128) on image
+inputs; the encoder and decoder stay MLPs.
 
 ``m1_latent_dim`` > 0 (default 0: M2 alone) is Kingma's stacked model **M1+M2**: an M1 VAE
 q(z1 | x) = N(mu1(x), diag sigma1^2(x)), p(x | z1) Bernoulli (``m1_hidden_sizes``; its own prior
