@@ -128,18 +128,17 @@ def strong(model: M2VAE, seed: int, prior_proposal: bool = False) -> M2VAE:
     return model
 
 
-def test_log_prob_with_y_enumerated_matches_quadrature():
-    model = build(d=3, latent_dim=1, eval_k=20000, eval_chunk=5000)
-    model = strong(model, seed=1, prior_proposal=True).eval()
+def assert_estimates_match(model: M2VAE, exact_cond: torch.Tensor):
+    """``score`` of the 8 states of 3 bits, unconditional and given a label, against the exact
+    log p(x | y) ``(8, K)`` (K = 3): within 4 of the estimate's own standard errors plus float32
+    rounding. Returns the unconditional result and the exact log p(x)."""
     states = binary_states((3,))
-    exact_cond = quadrature_log_probs(model, states)  # (8, K)
     exact = torch.logsumexp(exact_cond - math.log(3), 1).float()
     assert exact.exp().sum().item() == pytest.approx(1.0, abs=1e-4)  # the quadrature is right
     assert exact.max() - exact.min() > 1.0  # not near-uniform: the check has teeth
     res = model.score(states, generator=torch.Generator().manual_seed(0))
     assert res.method == "iwae-enum-y-k=20000"
     assert (res.stderr > 0).all() and (res.stderr < 0.1).all()
-    # within 4 standard errors (the estimate's own) plus float32 rounding
     assert ((res.log_prob - exact).abs() < 4 * res.stderr + 1e-3).all(), (res.log_prob, exact)
     # The conditional likelihood, labelled as such.
     y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
@@ -147,6 +146,15 @@ def test_log_prob_with_y_enumerated_matches_quadrature():
     assert cond.method == "conditional-iwae-k=20000"
     want = exact_cond[torch.arange(8), y].float()
     assert ((cond.log_prob - want).abs() < 4 * cond.stderr + 1e-3).all(), (cond.log_prob, want)
+    return res, exact
+
+
+def test_log_prob_with_y_enumerated_matches_quadrature():
+    model = build(d=3, latent_dim=1, eval_k=20000, eval_chunk=5000)
+    model = strong(model, seed=1, prior_proposal=True).eval()
+    states = binary_states((3,))
+    exact_cond = quadrature_log_probs(model, states)  # (8, K)
+    res, exact = assert_estimates_match(model, exact_cond)
     # Control: summing the classes without the prior p(y) = 1/K overshoots by log K.
     no_prior = torch.logsumexp(exact_cond, 1).float()
     assert not torch.allclose(res.log_prob, no_prior, atol=0.5)
@@ -320,17 +328,7 @@ def test_stacked_log_prob_matches_quadrature_over_both_latents():
     model = tame(build_stacked(eval_k=20000, eval_chunk=5000), seed=1).eval()
     states = binary_states((3,))
     exact_cond = stacked_quadrature(model, states)  # (8, K)
-    exact = torch.logsumexp(exact_cond - math.log(3), 1).float()
-    assert exact.exp().sum().item() == pytest.approx(1.0, abs=1e-4)  # the quadrature is right
-    assert exact.max() - exact.min() > 1.0
-    res = model.score(states, generator=torch.Generator().manual_seed(0))
-    assert res.method == "iwae-enum-y-k=20000"
-    assert (res.stderr > 0).all() and (res.stderr < 0.1).all()
-    assert ((res.log_prob - exact).abs() < 4 * res.stderr + 1e-3).all(), (res.log_prob, exact)
-    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
-    cond = model.score(states, generator=torch.Generator().manual_seed(0), condition={"label": y})
-    want = exact_cond[torch.arange(8), y].float()
-    assert ((cond.log_prob - want).abs() < 4 * cond.stderr + 1e-3).all(), (cond.log_prob, want)
+    res, exact = assert_estimates_match(model, exact_cond)
     # Control: M1 alone under its own N(0, 1) prior is another density; the estimate is not it.
     z1 = torch.linspace(-12, 12, 2401).unsqueeze(1)
     log_px = -F.binary_cross_entropy_with_logits(
