@@ -49,7 +49,7 @@ unlabelled bound and the labelled cross-entropy; the encoder and decoder read th
 is, and ``classify`` reads it without noise. Not in the paper: the regulariser of the K+1 GAN's
 classifier (``ssgan``'s ``input_noise``), for a classifier fitted to 100 labels.
 ``classifier_channels`` > 0 (default 0: the MLP) makes q(y | x) a small CNN (``ConvClassifier``:
-3x3 convolutions of that width, then twice it twice at stride 2, a hidden layer of 128) on image
+a 3x3 convolution of that width, two of twice the width at stride 2, a hidden layer of 128) on image
 inputs; the encoder and decoder stay MLPs.
 
 ``m1_latent_dim`` > 0 (default 0: M2 alone) is Kingma's stacked model **M1+M2**: an M1 VAE
