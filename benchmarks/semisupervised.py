@@ -153,7 +153,7 @@ def config_for(method: str, n_train: int, args) -> tuple[str, dict, bool]:
     """The method's family, config (with the benchmark's fixed settings) and whether it sees
     unlabelled digits. ``n_train``: the train split's size N (M2's alpha = scale x N)."""
     family, config, unlabelled = METHODS[method]
-    config = {**config, **dict(getattr(args, "set", None) or [])}
+    config = {**config, **dict(args.set or [])}
     if family == "m2vae":
         config["alpha"] = args.m2_alpha_scale * n_train
     if family == "ssgan":

@@ -97,6 +97,24 @@ from .layers import check_shift, random_shift
 from .vae import mlp
 
 
+def gaussian_params(out: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and log-variance (clamped to [-12, 8]) from a network's output ``(..., 2Z)``."""
+    mean, logvar = out.chunk(2, -1)
+    return mean, logvar.clamp(-12.0, 8.0)
+
+
+def reparameterise(mu: Tensor, logvar: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+    """z = mu + eps sigma and log N(z; mu, diag sigma^2) summed over the last dimension."""
+    z = mu + eps * (0.5 * logvar).exp()
+    return z, -0.5 * (eps.pow(2) + LOG_2PI + logvar).sum(-1)
+
+
+def bernoulli_log_lik(logits: Tensor, x: Tensor) -> Tensor:
+    """sum_d log Bernoulli(x_d; sigmoid(logits_d)) ``(...)``, ``x`` broadcast to the logits."""
+    target = x.expand_as(logits)
+    return -F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
+
+
 class ConvClassifier(nn.Module):
     """Logits ``(..., K)`` of flattened images ``(..., D)``: three 3x3 convolutions (width c,
     then 2c twice at stride 2), ReLU, a hidden layer of 128 and the K outputs."""
@@ -207,9 +225,7 @@ class M2VAE(GenerativeModel):
         ``y`` ``(...)`` (broadcast together)."""
         onehot = self._onehot(y)
         x = x.expand(*onehot.shape[:-1], x.shape[-1])
-        out = self.encoder(torch.cat([x, onehot], -1))
-        zdim = self.config.latent_dim
-        return out[..., :zdim], out[..., zdim:].clamp(-12.0, 8.0)
+        return gaussian_params(self.encoder(torch.cat([x, onehot], -1)))
 
     def decoder_log_prob(self, x: Tensor, y: Tensor, z: Tensor) -> Tensor:
         """log p(x | y, z) ``(...)`` for M2's data ``x`` ``(..., D)`` (the pixels; with M1, the
@@ -217,23 +233,18 @@ class M2VAE(GenerativeModel):
         onehot = self._onehot(y).expand(*z.shape[:-1], self.config.num_classes)
         out = self.decoder(torch.cat([z, onehot], -1))
         if self.config.m1_latent_dim:
-            mean, logvar = out.chunk(2, -1)
-            logvar = logvar.clamp(-12.0, 8.0)
+            mean, logvar = gaussian_params(out)
             return -0.5 * (LOG_2PI + logvar + (x - mean).pow(2) / logvar.exp()).sum(-1)
-        target = x.expand_as(out)
-        return -F.binary_cross_entropy_with_logits(out, target, reduction="none").sum(-1)
+        return bernoulli_log_lik(out, x)
 
     # ------------------------------------------------------------------------------- M1 (stack)
     def m1_encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of M1's q(z1 | x) for flattened ``x``."""
-        mu, logvar = self.m1_encoder(x).chunk(2, -1)
-        return mu, logvar.clamp(-12.0, 8.0)
+        return gaussian_params(self.m1_encoder(x))
 
     def m1_log_lik(self, x: Tensor, z1: Tensor) -> Tensor:
         """log p(x | z1) ``(...)``: M1's Bernoulli decoder, ``x`` ``(B, D)``, ``z1`` ``(..., B, Z1)``."""
-        logits = self.m1_decoder(z1)
-        target = x.expand_as(logits)
-        return -F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
+        return bernoulli_log_lik(self.m1_decoder(z1), x)
 
     def features(self, x: Tensor) -> Tensor:
         """What M2's classifier reads for flattened ``x``: the pixels, or (M1+M2) mu1(x)."""
@@ -352,8 +363,7 @@ class M2VAE(GenerativeModel):
         if self.config.m1_latent_dim:
             mu1, logvar1 = self.m1_encode(x)
             eps1 = self._randn(tuple(mu1.shape), generator, x.device)
-            z1 = mu1 + eps1 * (0.5 * logvar1).exp()
-            log_q1 = -0.5 * (eps1.pow(2) + LOG_2PI + logvar1).sum(-1)
+            z1, log_q1 = reparameterise(mu1, logvar1, eps1)
             outer = self.m1_log_lik(x, z1) - log_q1
             x = z1
         elbos = self.all_class_elbos(x, self._randn((k, len(x), zdim), generator, x.device))
@@ -378,13 +388,12 @@ class M2VAE(GenerativeModel):
             outer, u = 0.0, x
             if stacked:
                 eps1 = self._randn((m, *mu1.shape), generator, x.device)
-                u = (mu1 + eps1 * (0.5 * logvar1).exp()).unsqueeze(1)  # (m, 1, B, Z1)
-                log_q1 = -0.5 * (eps1.pow(2) + LOG_2PI + logvar1).sum(-1)
-                outer = (self.m1_log_lik(x, u.squeeze(1)) - log_q1).unsqueeze(1)  # (m, 1, B)
+                z1, log_q1 = reparameterise(mu1, logvar1, eps1)  # (m, B, Z1), (m, B)
+                u = z1.unsqueeze(1)  # (m, 1, B, Z1)
+                outer = (self.m1_log_lik(x, z1) - log_q1).unsqueeze(1)  # (m, 1, B)
                 mu, logvar = self.encode(u, y.expand(m, kk, len(x)))  # (m, K, B, Z)
             eps = self._randn((m, kk, len(x), zdim), generator, x.device)
-            z = mu + eps * (0.5 * logvar).exp()
-            log_q = -0.5 * (eps.pow(2) + LOG_2PI + logvar).sum(-1)
+            z, log_q = reparameterise(mu, logvar, eps)
             log_w = outer + self.decoder_log_prob(u, y, z) + std_normal_log_prob(z) - log_q
             chunks.append(log_w.transpose(1, 2))  # (m, B, K)
         return torch.cat(chunks, 0)
@@ -429,9 +438,9 @@ class M2VAE(GenerativeModel):
         z = self._randn((n, self.config.latent_dim), generator, device)
         out = self.decoder(torch.cat([z, self._onehot(y)], -1))
         if self.config.m1_latent_dim:  # z1 ~ p(z1 | y, z2), then x ~ p(x | z1)
-            mean, logvar = out.chunk(2, -1)
+            mean, logvar = gaussian_params(out)
             eps = self._randn(tuple(mean.shape), generator, device)
-            out = self.m1_decoder(mean + eps * (0.5 * logvar.clamp(-12.0, 8.0)).exp())
+            out = self.m1_decoder(reparameterise(mean, logvar, eps)[0])
         p = torch.sigmoid(out)
         u = torch.rand(p.shape, generator=generator, dtype=p.dtype).to(device)
         return (u < p).to(p.dtype).view(n, *self.input_shape)

@@ -93,6 +93,15 @@ def test_labelled_loss_adds_alpha_times_the_cross_entropy_and_batches_mix():
         model({"x": x, "y": torch.tensor([0, 3, 0, 0])})
 
 
+def grid_log_lik(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log p(x | grid point) ``(B, G)``: Bernoulli logits ``(G, D)`` at each point of a grid."""
+    return -F.binary_cross_entropy_with_logits(
+        logits.unsqueeze(0).expand(len(x), -1, -1),
+        x.to(logits.dtype).unsqueeze(1).expand(-1, len(logits), -1),
+        reduction="none",
+    ).sum(-1)
+
+
 def quadrature_log_probs(model: M2VAE, x: torch.Tensor) -> torch.Tensor:
     """log p(x | y) ``(B, K)`` by quadrature over a 1-d latent (z on a fine grid in [-8, 8])."""
     z = torch.linspace(-8, 8, 4001, dtype=torch.float64).unsqueeze(1)
@@ -103,12 +112,7 @@ def quadrature_log_probs(model: M2VAE, x: torch.Tensor) -> torch.Tensor:
     for c in range(model.config.num_classes):
         onehot = torch.zeros(len(z), model.config.num_classes, dtype=torch.float64)
         onehot[:, c] = 1
-        logits = model.decoder(torch.cat([z, onehot], 1))  # (G, D)
-        log_lik = -torch.nn.functional.binary_cross_entropy_with_logits(
-            logits.unsqueeze(0).expand(len(x), -1, -1),
-            x.double().unsqueeze(1).expand(-1, len(z), -1),
-            reduction="none",
-        ).sum(-1)  # (B, G)
+        log_lik = grid_log_lik(model.decoder(torch.cat([z, onehot], 1)), x)  # (B, G)
         out.append(torch.logsumexp(log_lik + log_pz, 1) + math.log(dz))
     model.float()
     return torch.stack(out, 1)
@@ -302,12 +306,7 @@ def stacked_quadrature(model: M2VAE, x: torch.Tensor) -> torch.Tensor:
     z2 = torch.linspace(-8, 8, 801, dtype=torch.float64).unsqueeze(1)
     z1 = torch.linspace(-12, 12, 2401, dtype=torch.float64).unsqueeze(1)
     d2, d1 = 16 / 800, 24 / 2400
-    logits = model.m1_decoder(z1)  # (G1, D)
-    log_px = -F.binary_cross_entropy_with_logits(
-        logits.unsqueeze(0).expand(len(x), -1, -1),
-        x.double().unsqueeze(1).expand(-1, len(z1), -1),
-        reduction="none",
-    ).sum(-1)  # (B, G1)
+    log_px = grid_log_lik(model.m1_decoder(z1), x)  # (B, G1)
     log_pz2 = -0.5 * (z2.squeeze(1) ** 2 + math.log(2 * math.pi))
     out = []
     for c in range(model.config.num_classes):
@@ -331,11 +330,7 @@ def test_stacked_log_prob_matches_quadrature_over_both_latents():
     res, exact = assert_estimates_match(model, exact_cond)
     # Control: M1 alone under its own N(0, 1) prior is another density; the estimate is not it.
     z1 = torch.linspace(-12, 12, 2401).unsqueeze(1)
-    log_px = -F.binary_cross_entropy_with_logits(
-        model.m1_decoder(z1).unsqueeze(0).expand(8, -1, -1),
-        states.unsqueeze(1).expand(-1, len(z1), -1),
-        reduction="none",
-    ).sum(-1)
+    log_px = grid_log_lik(model.m1_decoder(z1), states)
     m1_alone = torch.logsumexp(log_px - 0.5 * (z1.T**2 + math.log(2 * math.pi)), 1) + math.log(0.01)
     assert (res.log_prob - m1_alone).abs().max() > 0.1
     # The stack's training bound lies below (one draw each: check the mean of many).
