@@ -16,3 +16,8 @@ def config_pair(text: str) -> tuple[str, object]:
         return key, json.loads(raw)
     except json.JSONDecodeError:
         return key, raw
+
+
+def add_set_option(ap: argparse.ArgumentParser, help: str) -> None:
+    """The benchmarks' repeatable ``--set KEY=VALUE`` (parsed by ``config_pair``) on ``ap``."""
+    ap.add_argument("--set", action="append", type=config_pair, metavar="KEY=VALUE", help=help)

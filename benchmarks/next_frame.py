@@ -64,7 +64,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import genmodels  # noqa: E402
-from benchmarks.common import config_pair  # noqa: E402
+from benchmarks.common import add_set_option  # noqa: E402
 from genmodels.nextframe import psnr, sharpness_difference, ssim  # noqa: E402
 
 VARIANTS = {"mse": {}, "adversarial": {"adv_weight": 0.05, "gdl_weight": 1.0}}
@@ -195,12 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--img", default=str(ROOT / "docs" / "img" / "next_frame.png"))
     ap.add_argument("--table", action="store_true", help="rewrite the .md from the JSON")
     ap.add_argument("--variant", action="append", choices=list(VARIANTS), help="(default: all)")
-    ap.add_argument(
-        "--set",
-        action="append",
-        type=config_pair,
-        metavar="KEY=VALUE",
-        help="a nextframe config value for the variants run (repeatable; VALUE read as JSON)",
+    add_set_option(
+        ap, "a nextframe config value for the variants run (repeatable; VALUE read as JSON)"
     )
     ap.add_argument("--dev", action="store_true", help="validation sequences, seed + 1 (doc)")
     ap.add_argument("--tag", default="", help="--dev: appended to the rows' file names (-TAG)")

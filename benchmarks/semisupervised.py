@@ -93,7 +93,7 @@ import torch
 import genmodels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import config_pair
+from benchmarks.common import add_set_option
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -369,12 +369,8 @@ def main() -> None:
         action="store_true",
         help="score the validation split, dev label draws (seed + 1000): for choosing schedules",
     )
-    ap.add_argument(
-        "--set",
-        action="append",
-        type=config_pair,
-        metavar="KEY=VALUE",
-        help="--dev: override a config value of the chosen methods (repeatable; needs --tag)",
+    add_set_option(
+        ap, "--dev: override a config value of the chosen methods (repeatable; needs --tag)"
     )
     ap.add_argument("--tag", default="", help="--dev: names the --set rows (files and table)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where rows and tables go")

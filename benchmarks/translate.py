@@ -64,7 +64,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import genmodels
-from benchmarks.common import config_pair
+from benchmarks.common import add_set_option
 from genmodels.pix2pix import foreground_iou, mean_l1
 from genmodels.quality import _accuracy, train_yardstick
 
@@ -368,12 +368,8 @@ def main() -> None:
     ap.add_argument("--channels", type=int, default=16, help="U-Net width (families' default 32)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--set",
-        action="append",
-        type=config_pair,
-        metavar="KEY=VALUE",
-        help="a config value of the runs' family (repeatable; VALUE read as JSON, else text)",
+    add_set_option(
+        ap, "a config value of the runs' family (repeatable; VALUE read as JSON, else text)"
     )
     ap.add_argument("--tag", default="", help="appended to the rows' file names (-TAG)")
     ap.add_argument("--table", action="store_true", help="only rewrite the table and picture")
