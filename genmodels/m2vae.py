@@ -70,6 +70,25 @@ estimate draws z1_i ~ q(z1 | x) and, for each class, z2 ~ q(z2 | z1_i, y):
 unbiased for p(x) (the inner sum is unbiased for M2's p(z1_i)), so its log is a stochastic lower
 bound; the condition ``{"label": y}`` keeps one class. ``elbo(x)`` is the stack's bound with one
 draw: log p(x | z1) - log q(z1 | x) + U(z1).
+
+``aux_dim`` > 0 (default 0) is the **auxiliary deep generative model** (ADGM) of Maaloe,
+Sonderby, Sonderby & Winther 2016 ("Auxiliary deep generative models",
+https://arxiv.org/abs/1602.05473): an auxiliary variable a of this size, with q(a | x) and
+p(a | x, y, z) diagonal Gaussians (MLPs of ``hidden_sizes``). The generative model of x is M2's,
+p(y) p(z) p(x | y, z), extended by p(a | x, y, z), which leaves p(x) unchanged; the inference
+model becomes q(a | x) q(y | a, x) q(z | a, x, y), so the classifier q(y | x) = E_q(a|x) q(y | a,
+x) is a continuous mixture, and a draw of a is shared by the enumerated classes:
+
+    ELBO(x, y) = E[log p(x | y, z) + log p(y) + log p(z) + log p(a | x, y, z) - log q(a | x)
+                   - log q(z | a, x, y)],
+    U(x) = E_q(a|x)[sum_y q(y | a, x) (ELBO_a(x, y) - log q(y | a, x))],
+
+and the labelled cross-entropy is -log q(y | a, x) at the same draw of a. ``classify`` reads the
+classifier at the mean of q(a | x) (deterministic; the paper averages 100 draws); the estimate's
+draw i shares a_i ~ q(a | x) across the classes, with weight p(x, z | y) p(a_i | x, y, z) /
+(q(a_i | x) q(z | a_i, x, y)): unbiased for p(x) as p(a | x, y, z) integrates to one.
+``classifier_noise`` perturbs the pixels q(y | a, x) reads, not a. ADGM goes with the MLP
+classifier on the pixels (no M1, no ``classifier_channels``).
 """
 
 from __future__ import annotations
@@ -107,6 +126,17 @@ def reparameterise(mu: Tensor, logvar: Tensor, eps: Tensor) -> tuple[Tensor, Ten
     """z = mu + eps sigma and log N(z; mu, diag sigma^2) summed over the last dimension."""
     z = mu + eps * (0.5 * logvar).exp()
     return z, -0.5 * (eps.pow(2) + LOG_2PI + logvar).sum(-1)
+
+
+def gaussian_log_prob(v: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
+    """log N(v; mean, diag exp(logvar)) summed over the last dimension."""
+    return -0.5 * (LOG_2PI + logvar + (v - mean).pow(2) / logvar.exp()).sum(-1)
+
+
+def cat_last(*parts: Tensor) -> Tensor:
+    """Concatenate on the last dimension after broadcasting the leading ones."""
+    lead = torch.broadcast_shapes(*(p.shape[:-1] for p in parts))
+    return torch.cat([p.expand(*lead, p.shape[-1]) for p in parts], -1)
 
 
 def bernoulli_log_lik(logits: Tensor, x: Tensor) -> Tensor:
@@ -155,6 +185,7 @@ class M2Config(BaseConfig):
     m1_hidden_sizes: tuple[int, ...] = (600, 600)  # M1's encoder (its decoder: reversed)
     classifier_noise: float = 0.0  # sd of Gaussian noise on q(y|x)'s input in training
     classifier_channels: int = 0  # > 0: q(y|x) is a small CNN of this width (an MLP at 0)
+    aux_dim: int = 0  # > 0: ADGM (Maaloe et al. 2016), an auxiliary a of this size
 
 
 @register
@@ -188,6 +219,14 @@ class M2VAE(GenerativeModel):
             raise ValueError(f"m2vae: classifier_noise must be >= 0, got {config.classifier_noise}")
         if config.m1_latent_dim < 0:
             raise ValueError(f"m2vae: m1_latent_dim must be >= 0, got {config.m1_latent_dim}")
+        if config.aux_dim < 0:
+            raise ValueError(f"m2vae: aux_dim must be >= 0, got {config.aux_dim}")
+        if config.aux_dim and (config.m1_latent_dim or config.classifier_channels):
+            raise ValueError(
+                "m2vae: aux_dim (ADGM) goes with the MLP classifier on the pixels: set "
+                f"m1_latent_dim and classifier_channels to 0, got {config.m1_latent_dim} and "
+                f"{config.classifier_channels}"
+            )
         check_shift("m2vae", config.shift, self.input_shape)
         d, h, z, k = self.num_dims, config.hidden_sizes, config.latent_dim, config.num_classes
         z1 = config.m1_latent_dim
@@ -204,8 +243,12 @@ class M2VAE(GenerativeModel):
                 )
             self.classifier = ConvClassifier(self.input_shape, config.classifier_channels, k)
         else:
-            self.classifier = mlp((u, *h, k))  # q(y | u)
-        self.encoder = mlp((u + k, *h, 2 * z))  # q(z | u, y)
+            self.classifier = mlp((u + config.aux_dim, *h, k))  # q(y | u) (ADGM: q(y | a, u))
+        a = config.aux_dim
+        if a:  # ADGM: q(a | x) and p(a | x, y, z), both diagonal Gaussians
+            self.aux_encoder = mlp((u, *h, 2 * a))
+            self.aux_decoder = mlp((u + k + z, *h, 2 * a))
+        self.encoder = mlp((u + a + k, *h, 2 * z))  # q(z | u, y) (ADGM: q(z | a, u, y))
         self.decoder = mlp((z + k, *reversed(h), 2 * u if z1 else u))  # p(u | y, z)
 
     # ------------------------------------------------------------------------------ networks
@@ -213,19 +256,27 @@ class M2VAE(GenerativeModel):
     def _dtype(self) -> torch.dtype:
         return self.decoder[0].weight.dtype
 
-    def class_log_probs(self, x: Tensor) -> Tensor:
-        """log q(y | x) ``(B, K)`` for flattened ``x``."""
-        return self.classifier(x).log_softmax(-1)
+    def class_log_probs(self, x: Tensor, a: Tensor | None = None) -> Tensor:
+        """log q(y | x) ``(..., K)`` for flattened ``x`` (ADGM: log q(y | a, x))."""
+        return self.classifier(x if a is None else cat_last(x, a)).log_softmax(-1)
 
     def _onehot(self, y: Tensor) -> Tensor:
         return F.one_hot(y, self.config.num_classes).to(self._dtype)
 
-    def encode(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean and log-variance of q(z | x, y) for flattened ``x`` ``(..., D)`` and classes
-        ``y`` ``(...)`` (broadcast together)."""
-        onehot = self._onehot(y)
-        x = x.expand(*onehot.shape[:-1], x.shape[-1])
-        return gaussian_params(self.encoder(torch.cat([x, onehot], -1)))
+    def encode(self, x: Tensor, y: Tensor, a: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Mean and log-variance of q(z | x, y) (ADGM: q(z | a, x, y)) for flattened ``x``
+        ``(..., D)``, classes ``y`` ``(...)`` and ``a`` ``(..., A)`` (broadcast together)."""
+        parts = (x, self._onehot(y)) if a is None else (x, a, self._onehot(y))
+        return gaussian_params(self.encoder(cat_last(*parts)))
+
+    def aux_encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and log-variance of ADGM's q(a | x) for flattened ``x``."""
+        return gaussian_params(self.aux_encoder(x))
+
+    def aux_log_prob(self, a: Tensor, x: Tensor, y: Tensor, z: Tensor) -> Tensor:
+        """log p(a | x, y, z) ``(...)``: ADGM's generative model of the auxiliary variable."""
+        out = self.aux_decoder(cat_last(x, self._onehot(y), z))
+        return gaussian_log_prob(a, *gaussian_params(out))
 
     def decoder_log_prob(self, x: Tensor, y: Tensor, z: Tensor) -> Tensor:
         """log p(x | y, z) ``(...)`` for M2's data ``x`` ``(..., D)`` (the pixels; with M1, the
@@ -233,8 +284,7 @@ class M2VAE(GenerativeModel):
         onehot = self._onehot(y).expand(*z.shape[:-1], self.config.num_classes)
         out = self.decoder(torch.cat([z, onehot], -1))
         if self.config.m1_latent_dim:
-            mean, logvar = gaussian_params(out)
-            return -0.5 * (LOG_2PI + logvar + (x - mean).pow(2) / logvar.exp()).sum(-1)
+            return gaussian_log_prob(x, *gaussian_params(out))
         return bernoulli_log_lik(out, x)
 
     # ------------------------------------------------------------------------------- M1 (stack)
@@ -250,19 +300,33 @@ class M2VAE(GenerativeModel):
         """What M2's classifier reads for flattened ``x``: the pixels, or (M1+M2) mu1(x)."""
         return self.m1_encode(x)[0] if self.config.m1_latent_dim else x
 
-    def class_elbo(self, x: Tensor, y: Tensor, eps: Tensor) -> Tensor:
+    def class_elbo(
+        self, x: Tensor, y: Tensor, eps: Tensor, aux: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
         """ELBO(x, y) with one reparameterised draw: ``x`` ``(B, D)``, ``y`` ``(..., B)``, noise
-        ``eps`` ``(..., B, Z)`` → ``(..., B)`` (log p(y) = -log K included; KL in closed form)."""
-        mu, logvar = self.encode(x, y)
+        ``eps`` ``(..., B, Z)`` → ``(..., B)`` (log p(y) = -log K included; KL in closed form).
+        ADGM: ``aux`` = (a, log q(a | x)) ``((B, A), (B,))``, a draw shared by the classes, and
+        the bound adds log p(a | x, y, z) - log q(a | x)."""
+        a = None if aux is None else aux[0]
+        mu, logvar = self.encode(x, y, a)
         z = mu + eps * (0.5 * logvar).exp()
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
-        return self.decoder_log_prob(x, y, z) - kl - math.log(self.config.num_classes)
+        elbo = self.decoder_log_prob(x, y, z) - kl - math.log(self.config.num_classes)
+        if aux is not None:
+            elbo = elbo + self.aux_log_prob(a, x, y, z) - aux[1]
+        return elbo
 
-    def all_class_elbos(self, x: Tensor, eps: Tensor) -> Tensor:
+    def all_class_elbos(
+        self, x: Tensor, eps: Tensor, aux: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
         """ELBO(x, y) for every class → ``(B, K)``; ``eps`` is ``(K, B, Z)``."""
         k = self.config.num_classes
         y = torch.arange(k, device=x.device).unsqueeze(1).expand(k, len(x))
-        return self.class_elbo(x, y, eps).transpose(0, 1)
+        return self.class_elbo(x, y, eps, aux).transpose(0, 1)
+
+    def draw_aux(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+        """ADGM: a = mu_a(x) + eps sigma_a(x) and log q(a | x), ``eps`` ``(..., B, A)``."""
+        return reparameterise(*self.aux_encode(x), eps)
 
     @staticmethod
     def unlabelled_bound(log_q: Tensor, elbos: Tensor) -> Tensor:
@@ -292,7 +356,8 @@ class M2VAE(GenerativeModel):
 
         Noise: one ``randn`` of ``(K, B_unlabelled, Z)`` for the unlabelled rows (in row order),
         then one of ``(B_labelled, Z)`` for the labelled rows, from the global RNG (after the
-        offsets of ``shift``, when it is on, and with M1 after one ``(B, Z1)`` for z1)."""
+        offsets of ``shift``, when it is on, with M1 after one ``(B, Z1)`` for z1, with ADGM after
+        one ``(B, A)`` for a, then the classifier's noise when it is on)."""
         x = batch["x"].to(self._dtype)
         if self.config.shift and self.training:  # a fresh translation per row and step
             x = random_shift(x.reshape(len(x), *self.input_shape), self.config.shift)
@@ -310,19 +375,24 @@ class M2VAE(GenerativeModel):
             total = total - elbo1.sum()
             metrics["elbo_m1"] = elbo1.mean().detach()
             x = z1.detach()  # the gradient stops here: M1 is fitted by its own bound alone
+        a = aux_u = aux_l = None
+        if self.config.aux_dim:  # ADGM: one draw a ~ q(a | x) per row, shared by the classes
+            a, log_qa = self.draw_aux(x, self._randn((len(x), self.config.aux_dim), None, x.device))
+            aux_u, aux_l = (a[unl], log_qa[unl]), (a[lab], log_qa[lab])
         noisy = x
         if self.config.classifier_noise > 0 and self.training:  # q(y | x) reads a noisy copy
             noisy = x + self.config.classifier_noise * torch.randn_like(x)
-        log_q = self.class_log_probs(noisy)
+        log_q = self.class_log_probs(noisy, a)
         if len(unl):
             xu = x[unl]
             eps = self._randn((k, len(xu), zdim), None, x.device)
-            bound = self.unlabelled_bound(log_q[unl], self.all_class_elbos(xu, eps))
+            bound = self.unlabelled_bound(log_q[unl], self.all_class_elbos(xu, eps, aux_u))
             total = total - bound.sum()
             metrics["bound_unlabelled"] = bound.mean().detach()
         if len(lab):
             xl, yl = x[lab], y[lab]
-            elbo = self.class_elbo(xl, yl, self._randn((len(xl), zdim), None, x.device))
+            eps = self._randn((len(xl), zdim), None, x.device)
+            elbo = self.class_elbo(xl, yl, eps, aux_l)
             ce = -log_q[lab, yl]
             total = total + (-elbo + self.config.alpha * ce).sum()
             metrics["elbo_labelled"] = elbo.mean().detach()
@@ -349,52 +419,69 @@ class M2VAE(GenerativeModel):
 
     @torch.no_grad()
     def classify(self, x: Tensor) -> Tensor:
-        """log q(y | x) ``(B, K)`` (M1+M2: log q(y | mu1(x)))."""
+        """log q(y | x) ``(B, K)`` (M1+M2: log q(y | mu1(x)); ADGM: log q(y | mu_a(x), x), the
+        classifier at the mean of q(a | x): deterministic, whatever the batch)."""
         x = self.check_input(x).to(self._dtype).flatten(1)
-        return self.class_log_probs(self.features(x))
+        u = self.features(x)
+        return self.class_log_probs(u, self.aux_encode(u)[0] if self.config.aux_dim else None)
 
     def elbo(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """The enumerated bound U(x) ``(B,)`` with one draw of z per class (a lower bound on
         log p(x) in expectation); M1+M2: log p(x | z1) - log q(z1 | x) + U(z1), one draw of z1
-        (drawn first)."""
+        (drawn first); ADGM: one draw a ~ q(a | x) (drawn first) shared by the classes."""
         x = self.check_input(x).to(self._dtype).flatten(1)
         k, zdim = self.config.num_classes, self.config.latent_dim
-        outer = x.new_zeros(len(x))
+        outer, a, aux = x.new_zeros(len(x)), None, None
         if self.config.m1_latent_dim:
             mu1, logvar1 = self.m1_encode(x)
             eps1 = self._randn(tuple(mu1.shape), generator, x.device)
             z1, log_q1 = reparameterise(mu1, logvar1, eps1)
             outer = self.m1_log_lik(x, z1) - log_q1
             x = z1
-        elbos = self.all_class_elbos(x, self._randn((k, len(x), zdim), generator, x.device))
-        return outer + self.unlabelled_bound(self.class_log_probs(x), elbos)
+        if self.config.aux_dim:
+            aux = self.draw_aux(x, self._randn((len(x), self.config.aux_dim), generator, x.device))
+            a = aux[0]
+        elbos = self.all_class_elbos(x, self._randn((k, len(x), zdim), generator, x.device), aux)
+        return outer + self.unlabelled_bound(self.class_log_probs(x, a), elbos)
 
     def log_weights(self, x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
         """Log importance weights for k draws per class → ``(k, B, K)``: log p(x, z_i | y) -
         log q(z_i | x, y); M1+M2: the draw i shares z1_i ~ q(z1 | x) across the classes and the
         weight is log p(x | z1_i) - log q(z1_i | x) + log p(z1_i, z2_iy | y) - log q(z2_iy |
-        z1_i, y). Noise per chunk of draws: ``(m, B, Z1)`` for z1 (M1+M2), ``(m, K, B, Z)``."""
+        z1_i, y); ADGM: the draw i shares a_i ~ q(a | x) across the classes and the weight is
+        log p(x, z_iy | y) + log p(a_i | x, y, z_iy) - log q(a_i | x) - log q(z_iy | a_i, x, y)
+        (p(a | x, y, z) integrates to 1: the same p(x) in expectation). Noise per chunk of
+        draws: ``(m, B, Z1)`` for z1 (M1+M2) or ``(m, B, A)`` for a (ADGM), ``(m, K, B, Z)``."""
         x = x.to(self._dtype).flatten(1)
         kk, zdim = self.config.num_classes, self.config.latent_dim
         y = torch.arange(kk, device=x.device).unsqueeze(1).expand(kk, len(x))  # (K, B)
-        stacked = bool(self.config.m1_latent_dim)
+        stacked, adgm = bool(self.config.m1_latent_dim), bool(self.config.aux_dim)
         if stacked:
             mu1, logvar1 = self.m1_encode(x)
+        elif adgm:
+            mu_a, logvar_a = self.aux_encode(x)
         else:
             mu, logvar = self.encode(x, y)  # (K, B, Z)
         chunks = []
         for start in range(0, k, self.config.eval_chunk):
             m = min(self.config.eval_chunk, k - start)
-            outer, u = 0.0, x
+            outer, u, a = 0.0, x, None
             if stacked:
                 eps1 = self._randn((m, *mu1.shape), generator, x.device)
                 z1, log_q1 = reparameterise(mu1, logvar1, eps1)  # (m, B, Z1), (m, B)
                 u = z1.unsqueeze(1)  # (m, 1, B, Z1)
                 outer = (self.m1_log_lik(x, z1) - log_q1).unsqueeze(1)  # (m, 1, B)
                 mu, logvar = self.encode(u, y.expand(m, kk, len(x)))  # (m, K, B, Z)
+            elif adgm:
+                eps_a = self._randn((m, *mu_a.shape), generator, x.device)
+                a, log_qa = reparameterise(mu_a, logvar_a, eps_a)  # (m, B, A), (m, B)
+                a, outer = a.unsqueeze(1), -log_qa.unsqueeze(1)  # (m, 1, B, A), (m, 1, B)
+                mu, logvar = self.encode(x, y.expand(m, kk, len(x)), a)  # (m, K, B, Z)
             eps = self._randn((m, kk, len(x), zdim), generator, x.device)
             z, log_q = reparameterise(mu, logvar, eps)
             log_w = outer + self.decoder_log_prob(u, y, z) + std_normal_log_prob(z) - log_q
+            if adgm:
+                log_w = log_w + self.aux_log_prob(a, x, y, z)
             chunks.append(log_w.transpose(1, 2))  # (m, B, K)
         return torch.cat(chunks, 0)
 

@@ -93,6 +93,7 @@ VARIANTS = {
     "aae+gaussian": ("aae", {**TINY["aae"], "encoder": "gaussian"}),
     "avb+iw": ("avb", {**TINY["avb"], "eval": "iw"}),
     "m2vae+m1": ("m2vae", {**TINY["m2vae"], "m1_latent_dim": 2, "m1_hidden_sizes": (8,)}),
+    "m2vae+aux": ("m2vae", {**TINY["m2vae"], "aux_dim": 2}),
     "nextframe+adversarial": (
         "nextframe",
         {**TINY["nextframe"], "adv_weight": 0.05, "gdl_weight": 1.0},

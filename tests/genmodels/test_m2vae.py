@@ -26,18 +26,36 @@ def binary(n: int, d: int = 6, seed: int = 1) -> torch.Tensor:
     return torch.bernoulli(torch.full((n, d), 0.4), generator=torch.Generator().manual_seed(seed))
 
 
-def elbo_by_hand(model: M2VAE, x: torch.Tensor, c: int, eps: torch.Tensor) -> torch.Tensor:
-    """ELBO(x, y=c) ``(B,)`` written out: Bernoulli log-likelihood, Gaussian KL, log p(y)."""
+def normal_log_density(v: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    return (-0.5 * (math.log(2 * math.pi) + logvar + (v - mean) ** 2 / logvar.exp())).sum(-1)
+
+
+def elbo_by_hand(
+    model: M2VAE,
+    x: torch.Tensor,
+    c: int,
+    eps: torch.Tensor,
+    a: torch.Tensor | None = None,
+    log_qa: torch.Tensor | None = None,
+    aux_terms: bool = True,
+) -> torch.Tensor:
+    """ELBO(x, y=c) ``(B,)`` written out: Bernoulli log-likelihood, Gaussian KL, log p(y); with
+    ADGM's draw ``a`` of q(a | x) (log-density ``log_qa``), q(z | a, x, y) and the terms
+    log p(a | x, y, z) - log q(a | x) (left out with ``aux_terms=False``: a broken control)."""
     k, zdim = model.config.num_classes, model.config.latent_dim
     onehot = torch.zeros(len(x), k)
     onehot[:, c] = 1
-    h = model.encoder(torch.cat([x, onehot], 1))
+    h = model.encoder(torch.cat([x, onehot] if a is None else [x, a, onehot], 1))
     mu, logvar = h[:, :zdim], h[:, zdim:].clamp(-12, 8)
     z = mu + eps * torch.exp(logvar / 2)
     logits = model.decoder(torch.cat([z, onehot], 1))
     log_lik = (x * F.logsigmoid(logits) + (1 - x) * F.logsigmoid(-logits)).sum(1)
     kl = 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum(1)
-    return log_lik - kl + math.log(1 / k)
+    elbo = log_lik - kl + math.log(1 / k)
+    if a is not None and aux_terms:
+        mean, lv = model.aux_decoder(torch.cat([x, onehot, z], 1)).chunk(2, 1)
+        elbo = elbo + normal_log_density(a, mean, lv.clamp(-12, 8)) - log_qa
+    return elbo
 
 
 def test_unlabelled_loss_is_the_q_weighted_sum_of_per_class_elbos_plus_entropy():
@@ -201,13 +219,13 @@ def two_classes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(flips, 1 - x, x), y
 
 
-def train_few_labels(labels: torch.Tensor, steps: int = 25, swap: bool = False) -> float:
+def train_few_labels(labels: torch.Tensor, steps: int = 25, swap: bool = False, **config) -> float:
     """``steps`` Adam steps on 32 unlabelled rows + 8 labelled rows per batch; the mean
     probability q(y|x) gives the true class of 400 held-out rows."""
     torch.manual_seed(0)
     model = genmodels.build(
         "m2vae", input_shape=(16,), num_classes=2, latent_dim=2, hidden_sizes=(16,),
-        alpha=10.0, lr=1e-2,
+        alpha=10.0, lr=1e-2, **config,
     )  # fmt: skip
     opt = model.configure_optimizers()["main"]
     x_unl, _ = two_classes(256, seed=1)
@@ -239,6 +257,10 @@ def test_few_labels_classify_far_above_chance_and_uninformative_labels_do_not():
     # labelled 0, half 1) teach nothing about the class.
     noise = train_few_labels(torch.tensor([0, 1, 0, 1, 0, 1, 0, 1]))
     assert 0.3 < noise < 0.7, noise
+    # ADGM (an auxiliary a in q(y | a, x)) learns the same from the same labels, and not from
+    # the uninformative ones.
+    assert train_few_labels(torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]), aux_dim=2) > 0.9
+    assert 0.3 < train_few_labels(torch.tensor([0, 1, 0, 1, 0, 1, 0, 1]), aux_dim=2) < 0.7
 
 
 def test_shift_translates_the_training_digits_every_network_sees_in_training_only():
@@ -449,3 +471,89 @@ def test_classifier_channels_makes_q_a_cnn_over_the_image():
         genmodels.build("m2vae", input_shape=shape, classifier_channels=4, m1_latent_dim=2)
     with pytest.raises(ValueError, match="classifier_channels must be >= 0"):
         build(classifier_channels=-1)
+
+
+# ----------------------------------------------------------------------- ADGM (auxiliary a)
+def test_adgm_log_prob_matches_quadrature_whatever_the_auxiliary_networks():
+    """p(a | x, y, z) integrates to one, so the estimate is of M2's p(x) for any auxiliary
+    networks: q(a | x) = N(0, 2^2) and a p(a | x, y, z) whose mean moves with z and y."""
+    model = build(d=3, latent_dim=1, aux_dim=1, eval_k=20000, eval_chunk=5000)
+    model = strong(model, seed=1, prior_proposal=True).eval()
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in model.aux_decoder.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        model.aux_decoder[-1].weight[1:] *= 0.1  # log-variance near its bias: sd near 1
+        model.aux_encoder[-1].weight.zero_()
+        model.aux_encoder[-1].bias.copy_(torch.tensor([0.0, 2 * math.log(2.0)]))
+    states = binary_states((3,))
+    a = torch.linspace(-3, 3, 7).unsqueeze(1)
+    y, z = torch.zeros(7, dtype=torch.long), torch.linspace(-2, 2, 7).unsqueeze(1)
+    spread = model.aux_log_prob(a, states[:1].expand(7, 3), y, z)
+    assert spread.max() - spread.min() > 1.0  # p(a | x, y, z) varies: the terms matter
+    exact_cond = quadrature_log_probs(model, states)  # M2's p(x | y): the decoder alone
+    _, exact = assert_estimates_match(model, exact_cond)
+    g = torch.Generator().manual_seed(1)
+    bound = torch.stack([model.elbo(states, g) for _ in range(200)]).mean(0)
+    assert (bound < exact).all(), (bound, exact)  # the training bound lies below
+    # Control: weights without p(a | x, y, z) (only the 1 / q(a | x)) estimate another number.
+    model.aux_log_prob = lambda a, x, y, z: torch.zeros(z.shape[:-1])
+    broken = model.score(states, generator=torch.Generator().manual_seed(0))
+    assert ((broken.log_prob - exact).abs() > 4 * broken.stderr + 1e-3).all()
+
+
+def test_adgm_loss_shares_one_draw_of_a_between_classifier_and_bounds():
+    model = build(aux_dim=2, alpha=7.0, classifier_noise=0.3)
+    x, y = binary(5), torch.tensor([0, -1, 2, -1, 1])
+    torch.manual_seed(7)
+    loss = model({"x": x, "y": y})["loss"]
+    torch.manual_seed(7)
+    eps_a, noise = torch.randn(5, 2), torch.randn(5, 6)  # a, then the classifier's noise
+    eps_u, eps_l = torch.randn(3, 2, 2), torch.randn(3, 2)  # (K, B_unl, Z), (B_lab, Z)
+    mu_a, lv_a = model.aux_encoder(x).chunk(2, 1)
+    a = mu_a + eps_a * torch.exp(lv_a / 2)
+    log_qa = normal_log_density(a, mu_a, lv_a)
+    log_q = model.classifier(torch.cat([x + 0.3 * noise, a], 1)).log_softmax(1)
+    unl, lab = torch.tensor([1, 3]), torch.tensor([0, 2, 4])
+
+    def bound(aux_terms: bool) -> torch.Tensor:
+        elbos = torch.stack(
+            [
+                elbo_by_hand(model, x[unl], c, eps_u[c], a[unl], log_qa[unl], aux_terms)
+                for c in range(3)
+            ],
+            1,
+        )
+        u = (log_q[unl].exp() * (elbos - log_q[unl])).sum(1)
+        rows = [(i, slice(i, i + 1), slice(j, j + 1)) for j, i in enumerate(lab.tolist())]
+        labelled = torch.cat(
+            [
+                elbo_by_hand(model, x[r], int(y[i]), eps_l[e], a[r], log_qa[r], aux_terms)
+                for i, r, e in rows
+            ]
+        )
+        ce = -log_q[lab, y[lab]]
+        return ((-labelled + 7.0 * ce).sum() - u.sum()) / 5
+
+    assert loss.item() == pytest.approx(bound(True).item(), rel=1e-5)
+    # Control: the bound without log p(a | x, y, z) - log q(a | x) is another number.
+    assert abs(loss.item() - bound(False).item()) > 1e-2
+
+
+def test_adgm_classify_reads_the_mean_of_q_a():
+    model = build(d=6, aux_dim=2).eval()
+    x = binary(5)
+    out = model.classify(x)
+    mu_a = model.aux_encoder(x)[:, :2]
+    assert torch.allclose(out, model.classifier(torch.cat([x, mu_a], 1)).log_softmax(1))
+    assert torch.allclose(out.logsumexp(1), torch.zeros(5), atol=1e-6)
+    assert torch.allclose(out[2:3], model.classify(x[2:3]), atol=1e-6)  # batch-independent
+    # Control: at a draw of a instead of its mean, q(y | a, x) is another distribution.
+    a = mu_a + torch.randn(5, 2) * model.aux_encoder(x)[:, 2:].mul(0.5).exp()
+    assert not torch.allclose(out, model.classifier(torch.cat([x, a], 1)).log_softmax(1))
+    with pytest.raises(ValueError, match="aux_dim must be >= 0"):
+        build(aux_dim=-1)
+    with pytest.raises(ValueError, match=r"aux_dim \(ADGM\) goes with the MLP classifier"):
+        build(aux_dim=2, m1_latent_dim=2)
+    with pytest.raises(ValueError, match=r"aux_dim \(ADGM\) goes with the MLP classifier"):
+        genmodels.build("m2vae", input_shape=(1, 6, 6), aux_dim=2, classifier_channels=4)
