@@ -21,3 +21,22 @@ def config_pair(text: str) -> tuple[str, object]:
 def add_set_option(ap: argparse.ArgumentParser, help: str) -> None:
     """The benchmarks' repeatable ``--set KEY=VALUE`` (parsed by ``config_pair``) on ``ap``."""
     ap.add_argument("--set", action="append", type=config_pair, metavar="KEY=VALUE", help=help)
+
+
+def check_set(
+    ap: argparse.ArgumentParser,
+    pairs: list[tuple[str, object]] | None,
+    reserved: dict[str, str],
+    build,
+) -> None:
+    """Refuse, as usage errors (one line, exit 2) before any data or training, ``--set`` keys
+    that another flag owns (``reserved``: key → how to set it) and values the family refuses
+    (``build(overrides)``, which builds the model(s) the run would, raises ``ValueError``)."""
+    overrides = dict(pairs or [])
+    for key, how in reserved.items():
+        if key in overrides:
+            ap.error(f"--set {key}: {how}, not --set")
+    try:
+        build(overrides)
+    except ValueError as e:
+        ap.error(f"--set: {e}")

@@ -64,7 +64,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import genmodels  # noqa: E402
-from benchmarks.common import add_set_option  # noqa: E402
+from benchmarks.common import add_set_option, check_set  # noqa: E402
 from genmodels.nextframe import psnr, sharpness_difference, ssim  # noqa: E402
 
 VARIANTS = {"mse": {}, "adversarial": {"adv_weight": 0.05, "gdl_weight": 1.0}}
@@ -205,6 +205,19 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--budget, --batch-size and --channels must be positive")
     if not args.dev and (args.set or args.variant or args.tag):
         ap.error("--set, --variant and --tag are for --dev runs (the table compares the defaults)")
+    reserved = {"channels": "--channels sets it", "context": f"the benchmark fixes it at {CONTEXT}"}
+    reserved["seed"] = "--seed sets it"
+    check_set(
+        ap,
+        args.set,
+        reserved,
+        lambda o: [
+            genmodels.build(
+                "nextframe", (10, 1, 32, 32), 256, channels=args.channels, **{**VARIANTS[n], **o}
+            )
+            for n in args.variant or VARIANTS
+        ],
+    )
     out = Path(args.results)
     if args.table:
         results = json.loads((out / "next_frame.json").read_text())

@@ -93,7 +93,7 @@ import torch
 import genmodels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import add_set_option
+from benchmarks.common import add_set_option, check_set
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -159,6 +159,13 @@ def config_for(method: str, n_train: int, args) -> tuple[str, dict, bool]:
     if family == "ssgan":
         config["ema_decay"] = args.ema_decay
     return family, config, unlabelled
+
+
+def build_probe(method: str, args) -> None:
+    """Build ``method``'s model (its config with ``--set``) on MNIST's shape: a bad value raises
+    ``ValueError`` here, before any data or training."""
+    family, config, _ = config_for(SUPERVISED.get(method, method), 4000, args)
+    genmodels.build(family, (1, 28, 28), 2, **config)
 
 
 def lr_factor(cpu: float, budget: float, decay: float) -> float:
@@ -380,8 +387,14 @@ def main() -> None:
     if bool(args.set) != bool(args.tag):
         ap.error("--set needs --tag (and --tag a --set): the tag names the changed rows")
     args.split = "validation" if args.dev else "test"
-    torch.set_num_threads(args.threads)
     methods = args.method or [*METHODS, *SUPERVISED]
+    check_set(
+        ap,
+        args.set,
+        {"alpha": "--m2-alpha-scale sets it", "ema_decay": "--ema-decay sets it"},
+        lambda _: [build_probe(m, args) for m in methods],
+    )
+    torch.set_num_threads(args.threads)
     settings = args.labels or [100, 1000]
 
     from pipelines.data import prepare_dataset

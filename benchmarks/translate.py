@@ -64,7 +64,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import genmodels
-from benchmarks.common import add_set_option
+from benchmarks.common import add_set_option, check_set
 from genmodels.pix2pix import foreground_iou, mean_l1
 from genmodels.quality import _accuracy, train_yardstick
 
@@ -377,6 +377,19 @@ def main() -> None:
     args = ap.parse_args()
     if args.budget <= 0 or args.batch < 1 or args.threads < 1:
         raise SystemExit("--budget, --batch and --threads must be positive")
+    check_set(
+        ap,
+        args.set,
+        {
+            "channels": "--channels sets it",
+            "domain_a": "the run names it",
+            "domain_b": "the run names it",
+        },
+        lambda o: [
+            genmodels.build(RUNS[r][0], (1, 28, 28), 2, channels=args.channels, **o)
+            for r in args.run or RUNS
+        ],
+    )
     torch.set_num_threads(args.threads)
     rows_dir = args.results / "translate"
     rows_dir.mkdir(parents=True, exist_ok=True)
