@@ -22,6 +22,11 @@ and t+5 (frame 10), every value on the [0, 1] scale (grey / 255):
 * ``psnr`` (dB, peak 1, from each frame's per-pixel MSE, then averaged), ``ssim`` (7x7 uniform
   window, K1 0.01, K2 0.03), ``sharp_diff``: Mathieu's sharpness difference (dB; higher = edges
   closer to the truth's); see ``genmodels/nextframe.py``;
+* ``edge_ratio``: the prediction's squared neighbour differences summed, over the truth's
+  (``genmodels.nextframe.edge_ratio``; the mean of each frame's ratio): 1 = as crisp as the true
+  frame wherever its edges sit, below 1 = blurred (the mean of two equally likely futures has
+  1/2). Not a target: it describes what the sharpness difference mixes with position (a sharp
+  edge in the wrong place scores below a blurred one there);
 * ``digit_acc``: the yardstick classifier of ``mnist`` under the same seed (trained on the train
   digits only; ``pipelines/quality.py``) reads each digit in the frame: the 14x14 window at the
   digit's *known* position in that frame (the generator's trajectory), upsampled 2x by nearest
@@ -65,7 +70,7 @@ sys.path.insert(0, str(ROOT))
 
 import genmodels  # noqa: E402
 from benchmarks.common import add_set_option, check_set  # noqa: E402
-from genmodels.nextframe import psnr, sharpness_difference, ssim  # noqa: E402
+from genmodels.nextframe import edge_ratio, psnr, sharpness_difference, ssim  # noqa: E402
 
 VARIANTS = {"mse": {}, "adversarial": {"adv_weight": 0.05, "gdl_weight": 1.0}}
 HORIZONS = {"t+1": 0, "t+5": 4}
@@ -136,6 +141,7 @@ def evaluate(pred: np.ndarray, data, yardstick, split: str = "test") -> list[dic
             "psnr": float(psnr(p, t).mean()),
             "ssim": float(ssim(p, t).mean()),
             "sharp_diff": float(sharpness_difference(p, t).mean()),
+            "edge_ratio": float(edge_ratio(p, t).mean()),
         }
         if yardstick is not None:
             x = torch.from_numpy(crops(pred[:, k], positions[:, CONTEXT + k]))
@@ -151,16 +157,20 @@ def table(results: dict) -> str:
         f"Next-frame prediction on {results['dataset']} test sequences ({results['n_test']}), "
         f"seed {results['seed']}, {results['budget']:g} CPU-s per model (one thread). MSE per "
         "pixel on [0, 1] (`mse_frame`: summed per 32x32 frame); PSNR, sharpness difference "
-        "in dB; digit accuracy by the mnist yardstick on the crop at the known position.",
+        "in dB; edge ratio: the prediction's squared neighbour differences over the truth's (1 = "
+        "as crisp, < 1 = blurred; not a target); digit accuracy by the mnist yardstick on the "
+        "crop at the known position.",
         "",
-        "| model | horizon | MSE/px | MSE/frame | PSNR | SSIM | sharp. diff | digit acc | steps |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | horizon | MSE/px | MSE/frame | PSNR | SSIM | sharp. diff | edge ratio | digit acc "
+        "| steps |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
-        acc = r.get("digit_acc")
+        acc, edges = r.get("digit_acc"), r.get("edge_ratio")
         lines.append(
             f"| {r['model']} | {r['horizon']} | {r['mse']:.4f} | {r['mse_frame']:.1f} | "
             f"{r['psnr']:.2f} | {r['ssim']:.3f} | {r['sharp_diff']:.2f} | "
+            f"{'' if edges is None else f'{edges:.2f}'} | "
             f"{'' if acc is None else f'{100 * acc:.1f}%'} | {r.get('steps', '')} |"
         )
     return "\n".join(lines) + "\n"

@@ -312,6 +312,22 @@ def ssim(pred: Tensor, truth: Tensor, peak: float = 1.0, window: int = 7) -> Ten
     return s.flatten(1).mean(1)
 
 
+def edge_energy(images: Tensor) -> Tensor:
+    """sum_ij dY_x^2 + dY_y^2 per example ``(B,)``: squared neighbour differences over both
+    axes. Squared, so blur lowers it: a step of height 1 gives 1, the same rise as a ramp over
+    three pixels 3 x (1/3)^2 = 1/3 (absolute differences would sum to 1 for both)."""
+    x = images.float()
+    return x.diff(dim=-2).pow(2).flatten(1).sum(1) + x.diff(dim=-1).pow(2).flatten(1).sum(1)
+
+
+def edge_ratio(pred: Tensor, truth: Tensor) -> Tensor:
+    """The prediction's edge energy over the truth's ``(B,)``: 1 = as much contrast between
+    neighbours as the true frame, below 1 = blurred (the mean of two equally likely futures
+    halves each edge: 1/2), wherever the edges sit (unlike ``sharpness_difference``, which
+    compares the edge images pixel by pixel, so a sharp edge in the wrong place costs twice)."""
+    return edge_energy(pred) / edge_energy(truth).clamp(min=1e-10)
+
+
 def sharpness_difference(pred: Tensor, truth: Tensor, peak: float = 1.0) -> Tensor:
     """Mathieu et al.'s sharpness difference in dB ``(B,)`` of ``(B, C, H, W)`` images:
     10 log10(peak^2 / mean_ij |(|dY_x| + |dY_y|) - (|dŶ_x| + |dŶ_y|)|), neighbour differences

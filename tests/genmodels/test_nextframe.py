@@ -9,7 +9,13 @@ import pytest
 import torch
 
 import genmodels
-from genmodels.nextframe import gradient_difference, psnr, sharpness_difference, ssim
+from genmodels.nextframe import (
+    edge_ratio,
+    gradient_difference,
+    psnr,
+    sharpness_difference,
+    ssim,
+)
 
 SIDE, BOX, T, CONTEXT = 12, 5, 5, 3
 TINY = {"context": CONTEXT, "channels": 8, "depth": 2, "lr": 3e-3, "beta1": 0.9}
@@ -156,6 +162,19 @@ def test_image_metrics_against_hand_values():
     assert sharpness_difference(b, b).item() > sharpness_difference(blurred, b).item()
     assert gradient_difference(b, b).item() == 0.0
     assert gradient_difference(blurred, b).item() > 0
+    # edge ratio: a moved copy is as sharp as the truth (1) though the sharpness difference
+    # punishes its place; the mean of two futures, a 4x4 square and the same moved 5 to the
+    # right (no shared edge), has each of the 2 x 16 unit steps at height 1/2: energy 32/4 = 8 of
+    # 16; the 3x3 blur spreads each step over 3 pixels; zeros have none
+    sq = torch.zeros(1, 1, 8, 12)
+    sq[..., 2:6, 1:5] = 1.0
+    moved = torch.roll(sq, shifts=5, dims=-1)
+    assert edge_ratio(sq, sq).item() == pytest.approx(1.0)
+    assert edge_ratio(moved, sq).item() == pytest.approx(1.0)
+    assert sharpness_difference(moved, sq).item() < sharpness_difference(sq, sq).item()
+    assert edge_ratio(0.5 * sq + 0.5 * moved, sq).item() == pytest.approx(0.5)
+    assert edge_ratio(blurred, b).item() < 0.5
+    assert edge_ratio(a, b).item() == 0.0
 
 
 @pytest.mark.parametrize("shift", [(0, 1), (-2, 3)])
