@@ -215,8 +215,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--budget, --batch-size and --channels must be positive")
     if not args.dev and (args.set or args.variant or args.tag):
         ap.error("--set, --variant and --tag are for --dev runs (the table compares the defaults)")
-    reserved = {"channels": "--channels sets it", "context": f"the benchmark fixes it at {CONTEXT}"}
-    reserved["seed"] = "--seed sets it"
+    reserved = {
+        "channels": "--channels sets it",
+        "context": f"the benchmark fixes it at {CONTEXT}",
+        "seed": "--seed sets it",
+    }
     check_set(
         ap,
         args.set,

@@ -602,6 +602,11 @@ def std_normal_log_prob(z: Tensor, event_dims: int = 1) -> Tensor:
     return -0.5 * (z.pow(2) + LOG_2PI).flatten(-event_dims).sum(-1)
 
 
+def std_normal_kl(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, diag exp(logvar)) || N(0, I)) in closed form, summed over the last dimension."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+
+
 def importance_weighted(log_w: Tensor) -> tuple[Tensor, Tensor | None]:
     """From ``k`` log importance weights ``(k, B)``: the estimate log (1/k) sum_i w_i and its
     delta-method standard error sd(w) / (sqrt(k) mean(w)) (``None`` when k == 1)."""

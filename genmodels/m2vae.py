@@ -110,6 +110,7 @@ from .base import (
     SearchSpec,
     importance_weighted,
     register,
+    std_normal_kl,
     std_normal_log_prob,
 )
 from .layers import check_shift, random_shift
@@ -281,8 +282,7 @@ class M2VAE(GenerativeModel):
     def decoder_log_prob(self, x: Tensor, y: Tensor, z: Tensor) -> Tensor:
         """log p(x | y, z) ``(...)`` for M2's data ``x`` ``(..., D)`` (the pixels; with M1, the
         codes z1 under a Gaussian), ``y`` ``(...)``, ``z`` ``(..., Z)``."""
-        onehot = self._onehot(y).expand(*z.shape[:-1], self.config.num_classes)
-        out = self.decoder(torch.cat([z, onehot], -1))
+        out = self.decoder(cat_last(z, self._onehot(y)))
         if self.config.m1_latent_dim:
             return gaussian_log_prob(x, *gaussian_params(out))
         return bernoulli_log_lik(out, x)
@@ -310,7 +310,7 @@ class M2VAE(GenerativeModel):
         a = None if aux is None else aux[0]
         mu, logvar = self.encode(x, y, a)
         z = mu + eps * (0.5 * logvar).exp()
-        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+        kl = std_normal_kl(mu, logvar)
         elbo = self.decoder_log_prob(x, y, z) - kl - math.log(self.config.num_classes)
         if aux is not None:
             elbo = elbo + self.aux_log_prob(a, x, y, z) - aux[1]
@@ -370,8 +370,7 @@ class M2VAE(GenerativeModel):
         if self.config.m1_latent_dim:  # M1's bound on every row; M2 below reads a draw of z1
             mu1, logvar1 = self.m1_encode(x)
             z1 = mu1 + torch.randn_like(mu1) * (0.5 * logvar1).exp()
-            kl1 = 0.5 * (mu1.pow(2) + logvar1.exp() - 1.0 - logvar1).sum(-1)
-            elbo1 = self.m1_log_lik(x, z1) - kl1
+            elbo1 = self.m1_log_lik(x, z1) - std_normal_kl(mu1, logvar1)
             total = total - elbo1.sum()
             metrics["elbo_m1"] = elbo1.mean().detach()
             x = z1.detach()  # the gradient stops here: M1 is fitted by its own bound alone
@@ -431,7 +430,7 @@ class M2VAE(GenerativeModel):
         (drawn first); ADGM: one draw a ~ q(a | x) (drawn first) shared by the classes."""
         x = self.check_input(x).to(self._dtype).flatten(1)
         k, zdim = self.config.num_classes, self.config.latent_dim
-        outer, a, aux = x.new_zeros(len(x)), None, None
+        outer, aux = x.new_zeros(len(x)), None
         if self.config.m1_latent_dim:
             mu1, logvar1 = self.m1_encode(x)
             eps1 = self._randn(tuple(mu1.shape), generator, x.device)
@@ -440,9 +439,9 @@ class M2VAE(GenerativeModel):
             x = z1
         if self.config.aux_dim:
             aux = self.draw_aux(x, self._randn((len(x), self.config.aux_dim), generator, x.device))
-            a = aux[0]
         elbos = self.all_class_elbos(x, self._randn((k, len(x), zdim), generator, x.device), aux)
-        return outer + self.unlabelled_bound(self.class_log_probs(x, a), elbos)
+        log_q = self.class_log_probs(x, None if aux is None else aux[0])
+        return outer + self.unlabelled_bound(log_q, elbos)
 
     def log_weights(self, x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
         """Log importance weights for k draws per class → ``(k, B, K)``: log p(x, z_i | y) -

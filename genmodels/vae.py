@@ -91,6 +91,7 @@ from .base import (
     log_mean_exp,
     prior_draw,
     register,
+    std_normal_kl,
     std_normal_log_prob,
 )
 from .impute_latent import Proposal, base_mixture_proposal, sir_impute
@@ -280,7 +281,7 @@ class VAE(GenerativeModel):
             kl = log_q - std_normal_log_prob(z)
         else:
             z = mu + eps * (0.5 * logvar).exp()
-            kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+            kl = std_normal_kl(mu, logvar)
         return self.decoder_log_prob(x, z, labels) - kl, kl
 
     def elbo(

@@ -18,7 +18,7 @@ def parse(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Namespace]
     return ap, ap.parse_args(argv)
 
 
-def probe(args: argparse.Namespace):
+def probe():
     built = []
 
     def build(overrides: dict) -> None:
@@ -37,7 +37,7 @@ def probe(args: argparse.Namespace):
 )
 def test_refused_set_is_one_usage_line_and_exit_2(argv, message, capsys):
     ap, args = parse(argv)
-    built, build = probe(args)
+    built, build = probe()
     with pytest.raises(SystemExit) as exit_:
         check_set(ap, args.set, {"channels": "use --channels"}, build)
     assert exit_.value.code == 2
@@ -49,7 +49,7 @@ def test_refused_set_is_one_usage_line_and_exit_2(argv, message, capsys):
 
 def test_good_set_builds_the_model_with_it():
     ap, args = parse(["--set", "hidden_sizes=[8]"])
-    built, build = probe(args)
+    built, build = probe()
     check_set(ap, args.set, {"channels": "use --channels"}, build)  # control: no exit
     assert [m.config.hidden_sizes for m in built] == [(8,)]
     check_set(ap, None, {"channels": "use --channels"}, build)  # no --set: the defaults build
