@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from pipelines.data import binarize_batch, dataset_names, load_dataset, prepare_dataset
+from tests.pipelines.raydata import first_batch
 
 pytestmark = pytest.mark.ray
 
@@ -125,7 +126,7 @@ def test_prepared_numpy_gives_the_ray_splits_without_ray(mnist):
 
 def test_iter_torch_batches_gives_image_tensors(mnist):
     ds, _ = mnist["fixed"]
-    batch = next(iter(ds.splits["train"].iter_torch_batches(batch_size=64)))
+    batch = first_batch(ds.splits["train"], 64)
     assert batch["x"].shape == (64, 1, 28, 28) and batch["x"].dtype == torch.float32
     assert batch["y"].shape == (64,) and batch["y"].dtype == torch.int64
 
@@ -208,7 +209,7 @@ def test_npz_and_npy(tmp_path):
         np.savez(f, x=flat)
     ds = load_dataset(f"npz:{tmp_path / 'flat.bin'}", split_sizes=(5, 5))
     assert (ds.input_shape, ds.raw_levels, ds.sizes["train"]) == ((7,), 2, 30)
-    batch = next(iter(ds.splits["train"].iter_torch_batches(batch_size=8)))
+    batch = first_batch(ds.splits["train"], 8)
     assert batch["x"].shape == (8, 7) and batch["x"].dtype == torch.float32
     _same_rows(ds, flat, np.full(40, -1))
 
@@ -280,7 +281,7 @@ def test_image_folder_with_class_subfolders(tmp_path):
     ds = load_dataset(f"images:{tmp_path / 'rgb'}", binarize="none", split_sizes=(2, 2))
     assert ds.input_shape == (3, 4, 3) and "classes" not in ds.preprocessing
     _same_rows(ds, rgb.transpose(0, 3, 1, 2), np.full(10, -1))
-    batch = next(iter(ds.splits["train"].iter_torch_batches(batch_size=6)))
+    batch = first_batch(ds.splits["train"], 6)
     assert batch["x"].shape == (6, 3, 4, 3) and batch["x"].dtype == torch.float32
 
 

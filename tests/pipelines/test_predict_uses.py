@@ -18,6 +18,7 @@ import genmodels
 from pipelines import registry
 from pipelines.cli import main
 from pipelines.data import prepare_dataset
+from tests.pipelines.raydata import first_batch
 
 TINY = {"channels": 4, "depth": 1, "disc_channels": 4}
 NAME = "nextframe-moving-mnist-1"
@@ -163,7 +164,7 @@ def test_nextframe_trains_through_the_ray_path(tmp_path: Path, ray_session):
 
     prepared = prepare_dataset("moving-mnist-1", seed=0, limit=60)
     data = prepared.to_ray()
-    batch = next(iter(data.splits["train"].iter_torch_batches(batch_size=4)))
+    batch = first_batch(data.splits["train"], 4)
     assert batch["x"].shape == (4, 10, 1, 32, 32) and batch["x"].dtype == torch.float32
     spec = TrainSpec(
         family="nextframe",
