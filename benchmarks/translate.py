@@ -1,4 +1,4 @@
-"""Image-to-image translation: pix2pix (paired) and CycleGAN (unpaired) on digit ↔ edge and
+"""Image-to-image translation: pix2pix (paired), CycleGAN and UNIT (unpaired) on digit ↔ edge and
 digit ↔ negative, beside the all-zeros output and the identity map.
 
 Data: the bundled MNIST (5,000 digits: 4,000 train / 500 validation / 500 test, the pair
@@ -13,7 +13,9 @@ validation or test; the validation figures are reported only):
 * ``pix2pix-<t>-reverse`` on the same pairs swapped: t → digit (pix2pix maps one way);
 * ``cyclegan-<t>`` on the unpaired train split: x from one half of the train digits, x_target
   the transform of the *other* half (``mnist-<t>-unpaired``: no pair exists in training); one
-  model maps both ways (a2b: digit → t, b2a: t → digit).
+  model maps both ways (a2b: digit → t, b2a: t → digit);
+* ``unit-<t>``: UNIT (``genmodels.unit``, shared-latent encoders/decoders) on the same unpaired
+  split, both ways.
 
 Schedule, fixed for every run (the papers' shape, never tuned on a score): the family's default
 config (Adam 1e-3, beta1 0.5; pix2pix 100 x the Bernoulli log-loss + adversarial; CycleGAN 10
@@ -45,7 +47,7 @@ must score badly on edges (their IoU is 0 by construction: the edge excludes the
 
 Rows go to ``benchmarks/results/translate/<run>.json`` (separate processes may train different
 runs), the table to ``benchmarks/results/translate.md`` / ``.json`` and the picture (per
-direction: source | pix2pix | CycleGAN | truth) to ``docs/img/translate.png``.
+direction: source | pix2pix | CycleGAN | UNIT | truth) to ``docs/img/translate.png``.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ RESULTS = ROOT / "results"
 PICTURE = ROOT.parent / "docs" / "img" / "translate.png"
 TRANSFORMS = ("edge", "negative")
 SHOWN = 8  # test digits kept per direction for the picture
+SHOWN_FAMILIES = ("pix2pix", "cyclegan", "unit")  # the picture's rows between source and truth
 
 # run -> (family, transform, mode, reversed pairs)
 RUNS: dict[str, tuple[str, str, str, bool]] = {}
@@ -80,6 +83,7 @@ for _t in TRANSFORMS:
     RUNS[f"pix2pix-{_t}"] = ("pix2pix", _t, "paired", False)
     RUNS[f"pix2pix-{_t}-reverse"] = ("pix2pix", _t, "paired", True)
     RUNS[f"cyclegan-{_t}"] = ("cyclegan", _t, "unpaired", False)
+    RUNS[f"unit-{_t}"] = ("unit", _t, "unpaired", False)
 
 TARGETS = {  # (transform, direction, method kind) -> (metric, at least)
     ("negative", "digit→negative", "pix2pix"): ("iou", 0.95),
@@ -89,6 +93,9 @@ TARGETS = {  # (transform, direction, method kind) -> (metric, at least)
     ("edge", "edge→digit", "pix2pix"): ("label_kept", 0.95),
     ("edge", "edge→digit", "cyclegan"): ("label_kept", 0.90),
 }
+for (_t, _d, _m), _v in list(TARGETS.items()):
+    if _m == "cyclegan":  # every unpaired method has the unpaired targets
+        TARGETS[(_t, _d, "unit")] = _v
 
 
 def load(transform: str, mode: str, seed: int):
@@ -322,7 +329,8 @@ def write_tables(results: Path, args) -> dict:
 
 
 def picture(runs: dict, base: dict, path: Path) -> None:
-    """Per direction four rows of ``SHOWN`` test images: source, pix2pix, CycleGAN, truth."""
+    """Per direction rows of ``SHOWN`` test images: source, one per family of ``SHOWN_FAMILIES``
+    (blank where it has no run), truth."""
     from PIL import Image
 
     blocks = []
@@ -331,7 +339,7 @@ def picture(runs: dict, base: dict, path: Path) -> None:
             continue
         for key in (f"digit→{t}", f"{t}→digit"):
             rows = [base[t][key]["source"]]
-            for fam in ("pix2pix", "cyclegan"):
+            for fam in SHOWN_FAMILIES:
                 got = [  # the run of the stated budget first (``<run>.json``, not ``<run>-N``)
                     r["directions"][key]["shown"]
                     for _, r in sorted(runs.items(), key=lambda kv: len(kv[0]))
@@ -339,20 +347,20 @@ def picture(runs: dict, base: dict, path: Path) -> None:
                 ]
                 rows.append(got[0] if got else np.zeros_like(base[t][key]["source"]).tolist())
             rows.append(base[t][key]["target"])
-            blocks.append(np.asarray(rows, np.uint8)[:, :, 0])  # (4, SHOWN, H, W)
+            blocks.append(np.asarray(rows, np.uint8)[:, :, 0])  # (rows, SHOWN, H, W)
     if not blocks:
         return
-    h, w = blocks[0].shape[-2:]
+    n_rows, _, h, w = blocks[0].shape
     gap = 4
-    height = sum(4 * (h + 1) + gap for _ in blocks)
+    height = sum(n_rows * (h + 1) + gap for _ in blocks)
     canvas = np.full((height, SHOWN * (w + 1) + 1), 128, np.uint8)
     y0 = 0
     for block in blocks:
-        for r in range(4):
+        for r in range(n_rows):
             for c in range(SHOWN):
                 y, x = y0 + 1 + r * (h + 1), 1 + c * (w + 1)
                 canvas[y : y + h, x : x + w] = block[r, c] * 255
-        y0 += 4 * (h + 1) + gap
+        y0 += n_rows * (h + 1) + gap
         canvas[y0 - gap : y0] = 255
     img = Image.fromarray(canvas, mode="L")
     img = img.resize((img.width * 3, img.height * 3), Image.NEAREST)

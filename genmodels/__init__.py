@@ -25,6 +25,7 @@ from . import (  # noqa: F401
     rbm,
     realnvp,
     ssgan,
+    unit,
     vae,
 )
 from .base import (

@@ -68,6 +68,8 @@ from .pix2pix import (
     PatchDiscriminator,
     UNet,
     adversarial,
+    binary_fake,
+    check_fakes,
     check_translator_config,
     foreground_iou,
     gan_init,
@@ -75,7 +77,6 @@ from .pix2pix import (
     pair,
     reconstruction,
     run_eval,
-    straight_through_bernoulli,
 )
 
 
@@ -92,6 +93,7 @@ class CycleGANConfig(BaseConfig):
     cycle_draws: bool = False  # cycle through the Bernoulli draws D sees, not the probabilities
     gan_loss: str = "bce"  # "bce" (the GAN log-loss) or "lsgan" (least squares, the paper's)
     spectral_norm: bool = False  # every weight of D_A and D_B over its largest singular value
+    fakes: str = "draw"  # what D sees of a translation: "draw" (Bernoulli) or "threshold" (p > 1/2)
     beta1: float = 0.5
     lr: float = 1e-3  # not the paper's 2e-4: see the module docstring
     domain_a: str = "a"
@@ -142,6 +144,7 @@ class CycleGAN(GenerativeModel):
         for key in ("cycle_weight", "identity_weight", "history"):
             if getattr(config, key) < 0:
                 raise ValueError(f"cyclegan: {key} must be >= 0, got {getattr(config, key)}")
+        check_fakes(self.family, config.fakes)
         if config.gan_loss not in GAN_LOSSES:
             known = ", ".join(GAN_LOSSES)
             raise ValueError(f"cyclegan: gan_loss must be one of {known}, got {config.gan_loss!r}")
@@ -180,8 +183,8 @@ class CycleGAN(GenerativeModel):
         gl = cfg.gan_loss
         if phase == "discriminator":
             with torch.no_grad():
-                fake_b = self._from_pool("b", torch.bernoulli(self.to_b(a)))
-                fake_a = self._from_pool("a", torch.bernoulli(self.to_a(b)))
+                fake_b = self._from_pool("b", binary_fake(self.to_b(a), cfg.fakes))
+                fake_a = self._from_pool("a", binary_fake(self.to_a(b), cfg.fakes))
             loss = (
                 gan_term(self.d_b(b), True, gl)
                 + gan_term(self.d_b(fake_b), False, gl)
@@ -191,7 +194,7 @@ class CycleGAN(GenerativeModel):
             return {"loss": loss, "d_loss": loss.detach()}
         if phase == "generator":
             pb, pa = self.to_b(a), self.to_a(b)
-            db, da = straight_through_bernoulli(pb), straight_through_bernoulli(pa)
+            db, da = binary_fake(pb, cfg.fakes), binary_fake(pa, cfg.fakes)
             adv = gan_term(self.d_b(db), True, gl) + gan_term(self.d_a(da), True, gl)
             r = cfg.recon
             if cfg.cycle_draws:  # no channel D cannot see: F reads the same binary image as D_B

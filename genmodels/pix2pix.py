@@ -90,7 +90,27 @@ def reconstruction(logits: Tensor, target: Tensor, kind: str) -> Tensor:
 
 def straight_through_bernoulli(p: Tensor) -> Tensor:
     """Bernoulli draws of ``p`` forward, the gradient of ``p`` backward."""
-    return torch.bernoulli(p.detach()) + p - p.detach()
+    return torch.bernoulli(p.detach()) + (p - p.detach())  # exactly 0 or 1 forward
+
+
+FAKES = ("draw", "threshold")
+
+
+def straight_through_threshold(p: Tensor) -> Tensor:
+    """``p > 1/2`` forward (the image ``translate`` returns), the gradient of ``p`` backward."""
+    return (p.detach() > 0.5).to(p.dtype) + (p - p.detach())  # exactly 0 or 1 forward
+
+
+def binary_fake(p: Tensor, kind: str) -> Tensor:
+    """The binary image a discriminator sees of probabilities ``p``, with a straight-through
+    gradient: ``"draw"``, Bernoulli draws (salt-and-pepper where p is unsure), or
+    ``"threshold"``, p > 1/2 (no noise for D to spot: the image the translator returns)."""
+    return straight_through_threshold(p) if kind == "threshold" else straight_through_bernoulli(p)
+
+
+def check_fakes(family: str, kind: str) -> None:
+    if kind not in FAKES:
+        raise ValueError(f"{family}: fakes must be one of {', '.join(FAKES)}, got {kind!r}")
 
 
 class UNet(nn.Module):

@@ -61,6 +61,7 @@ TINY = {
     "m2vae": {"latent_dim": 2, "hidden_sizes": (8,), "eval_k": 8, "eval_chunk": 4},
     "pix2pix": {"channels": 4, "depth": 2, "disc_channels": 4},
     "cyclegan": {"channels": 4, "depth": 1, "disc_channels": 4},
+    "unit": {"channels": 4, "depth": 1, "latent_channels": 2, "disc_channels": 4},
     "nextframe": {"context": 2, "channels": 4, "depth": 1, "disc_channels": 4},
     "captionvae": {"latent_dim": 2, "channels": 4, "embed_dim": 4, "hidden_size": 8, "eval_k": 8},
 }

@@ -104,3 +104,30 @@ def test_spectral_norm_bounds_both_discriminators_only():
         abs(s - 1) < 0.05 for d in (plain.d_a, plain.d_b) for s in top_singular_values(d)
     )
     assert not any(abs(s - 1) < 0.05 for s in top_singular_values(normed.g_ab))
+
+
+def _fakes_d_b_sees(fakes: str) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """What D_B is shown as fakes in one discriminator and one generator step, and G(a)."""
+    a, b = _images(0), _images(1)
+    torch.manual_seed(0)
+    model = genmodels.build(
+        "cyclegan", (1, 6, 6), channels=4, depth=1, disc_channels=4, fakes=fakes
+    )
+    with torch.no_grad():
+        for p in model.g_ab.parameters():
+            p.normal_(0.0, 0.5)  # unsure pixels, where draws and threshold differ
+    seen: list[torch.Tensor] = []
+    model.d_b.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    model({"x": a, "x_target": b}, phase="discriminator")
+    model({"x": a, "x_target": b}, phase="generator")
+    return [s for s in seen if not torch.equal(s, b)], model.translate(a, "a2b")
+
+
+def test_threshold_fakes_show_d_the_translations():
+    """``fakes="threshold"``: in both phases D_B sees exactly ``translate(a, "a2b")`` (p > 1/2);
+    with the default Bernoulli draws it does not (control)."""
+    for fakes, expected in (("threshold", [True, True]), ("draw", [False, False])):
+        shown, translated = _fakes_d_b_sees(fakes)
+        assert [torch.equal(s, translated) for s in shown] == expected
+    with pytest.raises(ValueError, match="fakes must be one of draw, threshold"):
+        genmodels.build("cyclegan", (1, 6, 6), channels=4, depth=1, fakes="soft")
