@@ -259,6 +259,19 @@ class Pix2Pix(GenerativeModel):
         return {"iou": foreground_iou(out, t), "l1": mean_l1(out, t)}
 
 
+def both_ways_metrics(model, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """IoU and L1 of a two-way translator's ``a2b`` and ``b2a`` against the batch's pairs
+    (CycleGAN, UNIT: reported, not selected on)."""
+    a, b = pair(model.family, batch)
+    to_b, to_a = model.translate(a, "a2b"), model.translate(b, "b2a")
+    return {
+        "iou_a2b": foreground_iou(to_b, b),
+        "iou_b2a": foreground_iou(to_a, a),
+        "l1_a2b": mean_l1(to_b, b),
+        "l1_b2a": mean_l1(to_a, a),
+    }
+
+
 def pair(family: str, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
     """``(x, x_target)`` of a training batch as floats; a batch without ``x_target`` is an error
     that says the family needs a pair dataset."""

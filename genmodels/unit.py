@@ -77,11 +77,10 @@ from .pix2pix import (
     PatchDiscriminator,
     adversarial,
     binary_fake,
+    both_ways_metrics,
     check_fakes,
     check_translator_config,
-    foreground_iou,
     gan_init,
-    mean_l1,
     pair,
     reconstruction,
     run_eval,
@@ -287,11 +286,4 @@ class UNIT(GenerativeModel):
 
     def validation_metrics(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """IoU and L1 of both directions against the batch's pairs (reported, not selected on)."""
-        a, b = pair(self.family, batch)
-        to_b, to_a = self.translate(a, "a2b"), self.translate(b, "b2a")
-        return {
-            "iou_a2b": foreground_iou(to_b, b),
-            "iou_b2a": foreground_iou(to_a, a),
-            "l1_a2b": mean_l1(to_b, b),
-            "l1_b2a": mean_l1(to_a, a),
-        }
+        return both_ways_metrics(self, batch)
