@@ -171,9 +171,8 @@ class UNIT(GenerativeModel):
     def __init__(self, input_shape: tuple[int, ...], levels: int, config: UNITConfig) -> None:
         super().__init__(input_shape, levels, config)
         check_translator_config(self.family, self.input_shape, config)
-        for key in ("latent_channels",):
-            if getattr(config, key) < 1:
-                raise ValueError(f"unit: {key} must be >= 1, got {getattr(config, key)}")
+        if config.latent_channels < 1:
+            raise ValueError(f"unit: latent_channels must be >= 1, got {config.latent_channels}")
         check_fakes(self.family, config.fakes)
         for key in ("cycle_weight", "kl_weight"):
             if getattr(config, key) < 0:
