@@ -107,6 +107,39 @@ def ray_session():
         shutil.rmtree(temp, ignore_errors=True)
 
 
+def remove_leftover_placement_groups() -> list[str]:
+    """Remove every placement group of this Ray that is not already removed; return their ids.
+
+    Nothing of the suite holds a placement group between tests: Ray Train and Tune make one per
+    run and remove it when the run ends. A run that fails to start its workers may not: under
+    load, a 1-worker run's start timed out, its placement group (1.5 of the 2 CPUs) stayed
+    reserved, and every later Train test of the session waited for CPUs until it failed or hung
+    (a loaded fresh-clone run, 2026-12-03). One failure then stays one failure."""
+    import ray
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    removed = []
+    for pg_id, info in ray.util.placement_group_table().items():
+        if info.get("state") != "REMOVED":
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
+            removed.append(pg_id)
+    return removed
+
+
+@pytest.fixture(autouse=True)
+def no_placement_group_outlives_its_test(request):
+    """After each test that used the suite's Ray: remove the placement groups it left."""
+    yield
+    if "ray_session" not in request.fixturenames:
+        return
+    import ray
+
+    if ray.is_initialized():
+        left = remove_leftover_placement_groups()
+        if left:
+            print(f"\n{request.node.nodeid} left {len(left)} placement group(s); removed")
+
+
 @pytest.fixture(scope="session")
 def serve_port() -> int:
     """The HTTP port of the suite's Ray Serve (one per Ray: Serve's HTTP options are global)."""
