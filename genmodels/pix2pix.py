@@ -113,16 +113,39 @@ def check_fakes(family: str, kind: str) -> None:
         raise ValueError(f"{family}: fakes must be one of {', '.join(FAKES)}, got {kind!r}")
 
 
-class UNet(nn.Module):
+class DownPath(nn.Module):
+    """A 3x3 stem and ``depth`` stride-2 3x3 convolutions (width ``channels``, doubling), with
+    LeakyReLU(0.2): the U-Net's encoder, and each UNIT domain's own encoder layers."""
+
+    def __init__(self, c_in: int, channels: int, depth: int) -> None:
+        super().__init__()
+        self.widths = [channels * 2**i for i in range(depth + 1)]
+        self.stem = nn.Conv2d(c_in, self.widths[0], 3, padding=1)
+        self.down = nn.ModuleList(
+            nn.Conv2d(self.widths[i], self.widths[i + 1], 3, stride=2, padding=1)
+            for i in range(depth)
+        )
+
+    def levels(self, x: Tensor) -> list[Tensor]:
+        """The features of every level, the full resolution first."""
+        h = F.leaky_relu(self.stem(2 * x - 1), 0.2)
+        out = [h]
+        for conv in self.down:
+            h = F.leaky_relu(conv(h), 0.2)
+            out.append(h)
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The deepest level's features."""
+        return self.levels(x)[-1]
+
+
+class UNet(DownPath):
     """``(B, C, H, W)`` → logits of the same shape, with skips at every level."""
 
     def __init__(self, c_in: int, c_out: int, channels: int, depth: int) -> None:
-        super().__init__()
-        widths = [channels * 2**i for i in range(depth + 1)]
-        self.stem = nn.Conv2d(c_in, widths[0], 3, padding=1)
-        self.down = nn.ModuleList(
-            nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1) for i in range(depth)
-        )
+        super().__init__(c_in, channels, depth)
+        widths = self.widths
         self.up = nn.ModuleList(
             nn.Conv2d(
                 widths[i + 1] if i == depth - 1 else 2 * widths[i + 1], widths[i], 3, padding=1
@@ -132,11 +155,7 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(2 * widths[0], c_out, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = F.leaky_relu(self.stem(2 * x - 1), 0.2)
-        skips = [h]
-        for conv in self.down:
-            h = F.leaky_relu(conv(h), 0.2)
-            skips.append(h)
+        skips = self.levels(x)
         h = skips.pop()
         for conv in reversed(self.up):
             skip = skips.pop()

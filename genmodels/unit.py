@@ -74,6 +74,7 @@ from torch import Tensor, nn
 from .base import BaseConfig, GenerativeModel, SearchSpec, register
 from .layers import adam_per_phase
 from .pix2pix import (
+    DownPath,
     PatchDiscriminator,
     adversarial,
     binary_fake,
@@ -112,24 +113,6 @@ def _sizes(hw: tuple[int, int], depth: int) -> list[tuple[int, int]]:
         h, w = out[-1]
         out.append(((h + 1) // 2, (w + 1) // 2))
     return out
-
-
-class EncoderFront(nn.Module):
-    """One domain's own layers: image -> features at the code's resolution."""
-
-    def __init__(self, c_in: int, channels: int, depth: int) -> None:
-        super().__init__()
-        widths = [channels * 2**i for i in range(depth + 1)]
-        self.stem = nn.Conv2d(c_in, widths[0], 3, padding=1)
-        self.down = nn.ModuleList(
-            nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1) for i in range(depth)
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = F.leaky_relu(self.stem(2 * x - 1), 0.2)
-        for conv in self.down:
-            h = F.leaky_relu(conv(h), 0.2)
-        return h
 
 
 class DecoderBack(nn.Module):
@@ -179,7 +162,7 @@ class UNIT(GenerativeModel):
                 raise ValueError(f"unit: {key} must be >= 0, got {getattr(config, key)}")
         c, width, depth = self.input_shape[0], config.channels, config.depth
         top = width * 2**depth
-        self.enc_a, self.enc_b = EncoderFront(c, width, depth), EncoderFront(c, width, depth)
+        self.enc_a, self.enc_b = DownPath(c, width, depth), DownPath(c, width, depth)
         self.enc_shared = nn.Sequential(
             nn.Conv2d(top, top, 3, padding=1),
             nn.LeakyReLU(0.2),
